@@ -1,0 +1,52 @@
+"""The edge where user errors become one red line and an exit status, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from converters import ConversionError
+
+err_console = Console(stderr=True)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Every package's user-facing error class (imported lazily: keeps `gptoss --help` fast)."""
+    types: list[type[BaseException]] = [ConversionError]
+    try:
+        from metal_runtime.errors import RuntimeUserError
+
+        types.append(RuntimeUserError)
+    except ImportError:  # pragma: no cover - package not built yet
+        pass
+    try:
+        from harmony_io.errors import HarmonyIOError
+
+        types.append(HarmonyIOError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def handle_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except user_error_types() as e:
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            sys.exit(130)
+
+    return wrapper
+
+
+def fail(message: str) -> None:
+    raise click.ClickException(message)

@@ -1,0 +1,24 @@
+"""`gptoss`: the command-line entry point. Commands only parse, call a package, and print."""
+
+from __future__ import annotations
+
+import click
+
+from . import checkpoints
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gptoss-metal")
+def cli() -> None:
+    """gpt-oss on Apple Silicon: convert once, then chat offline."""
+
+
+checkpoints.register(cli)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
