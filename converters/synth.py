@@ -64,7 +64,9 @@ class Param:
         shape = (rows, *self.shape[1:])
         rng = np.random.default_rng([seed, zlib.crc32(self.key.encode()), index])
         if self.init == "normal":
-            x = rng.standard_normal(shape, dtype=np.float32) * np.float32(self.std) + np.float32(self.mean)
+            x = rng.standard_normal(shape, dtype=np.float32)
+            x *= np.float32(self.std)
+            x += np.float32(self.mean)
             return float32_to_bf16_bits(x)
         if self.init == "bytes":
             return rng.integers(0, 256, size=shape, dtype=np.uint8)
@@ -77,7 +79,11 @@ class Param:
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """Round-to-nearest-even float32 -> bfloat16 bit patterns (finite inputs)."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    rounded = (u >> np.uint32(16)) & np.uint32(1)
+    rounded += np.uint32(0x7FFF)
+    rounded += u
+    rounded >>= np.uint32(16)
+    return rounded.astype(np.uint16)
 
 
 def _scale_center(fan_in: int) -> int:
