@@ -1,0 +1,117 @@
+"""`load`: a runtime-layout folder (ours or the MLX community's) -> a ready Model."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Union
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .config import ModelArgs
+from .errors import ModelLoadError
+from .model import Model
+
+DTYPES = {"bfloat16": mx.bfloat16, "bf16": mx.bfloat16, "float32": mx.float32, "fp32": mx.float32,
+          "float16": mx.float16, "fp16": mx.float16}
+MAX_LISTED = 6
+
+
+def _read_weights(directory: Path) -> dict[str, mx.array]:
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ModelLoadError(f"{index}: corrupt index ({e})") from None
+        paths = [directory / f for f in files]
+    else:
+        paths = [Path(p) for p in sorted(glob.glob(str(directory / "*.safetensors")))]
+    if not paths:
+        raise ModelLoadError(f"{directory}: no .safetensors files")
+    weights: dict[str, mx.array] = {}
+    for p in paths:
+        try:
+            weights.update(mx.load(str(p)))
+        except (RuntimeError, ValueError, OSError) as e:
+            raise ModelLoadError(f"{p}: cannot read ({e})") from None
+    return weights
+
+
+def _check_layout(directory: Path, weights: dict[str, mx.array]) -> None:
+    names = weights.keys()
+    if any(n.endswith("gate_up_proj_blocks") for n in names) or "block.0.attn.qkv.weight" in names:
+        raise ModelLoadError(
+            f"{directory} is an unconverted checkpoint; run `gptoss convert {directory} DST` once, then load DST"
+        )
+
+
+def _quant_params(path: str, module: nn.Module, weights: dict[str, mx.array], overrides: dict[str, dict]):
+    """Quantization of a dense module, from the config override or inferred from the stored tensors."""
+    if not hasattr(module, "to_quantized") or f"{path}.scales" not in weights:
+        return False
+    if path in overrides:
+        q = dict(overrides[path])
+        q.setdefault("mode", "affine")
+        return {k: q[k] for k in ("group_size", "bits", "mode") if k in q}
+    scales = weights[f"{path}.scales"]
+    in_dims = module.weight.shape[-1]
+    group_size = in_dims // scales.shape[-1]
+    bits = weights[f"{path}.weight"].shape[-1] * 32 // in_dims
+    if scales.dtype != mx.uint8:
+        return {"group_size": group_size, "bits": bits, "mode": "affine"}
+    if (bits, group_size) == (4, 32):
+        return {"group_size": 32, "bits": 4, "mode": "mxfp4"}
+    if (bits, group_size) == (8, 32):
+        return {"group_size": 32, "bits": 8, "mode": "mxfp8"}
+    raise ModelLoadError(f"{path}: cannot infer its quantization ({bits} bits, group size {group_size})")
+
+
+def _is_float(a: mx.array) -> bool:
+    return a.dtype in (mx.float32, mx.float16, mx.bfloat16)
+
+
+def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False) -> Model:
+    """Load a converted gpt-oss folder. `dtype` is the activation/dense-weight dtype.
+
+    Expert weights stay MXFP4 whatever `dtype` is; norm gains stay float32 (DESIGN.md numerics).
+    """
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise ModelLoadError(f"{directory}: no such model folder")
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r} (choose bfloat16 or float32)")
+    target = DTYPES[dtype]
+    args = ModelArgs.from_path(directory)
+    weights = _read_weights(directory)
+    _check_layout(directory, weights)
+    model = Model(args)
+    model.dtype = target
+    weights = model.sanitize(weights)
+    overrides = args.dense_quantization
+    nn.quantize(model, class_predicate=lambda p, m: _quant_params(p, m, weights, overrides))
+
+    expected = dict(nn.utils.tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:MAX_LISTED])}{' ...' if len(missing) > MAX_LISTED else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:MAX_LISTED])}{' ...' if len(unexpected) > MAX_LISTED else ''}")
+        raise ModelLoadError(f"{directory}: tensors do not match config.json: " + "; ".join(parts))
+    for name, arr in weights.items():
+        if arr.shape != expected[name].shape:
+            raise ModelLoadError(
+                f"{directory}: tensor {name} has shape {list(arr.shape)}, config.json implies {list(expected[name].shape)}"
+            )
+        if _is_float(arr):
+            keep_f32 = name.endswith("layernorm.weight") or name == "model.norm.weight"
+            weights[name] = arr.astype(mx.float32 if keep_f32 else target)
+    model.load_weights(list(weights.items()), strict=True)
+    if not lazy:
+        mx.eval(model.parameters())
+    return model

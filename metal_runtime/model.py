@@ -1,0 +1,138 @@
+"""The gpt-oss transformer in MLX (numerics of openai/gpt-oss `gpt_oss/torch/model.py`).
+
+Layout and names follow mlx-lm's gpt_oss model so the same folders load in both. Differences that
+make this one exact: YaRN's correction range is not rounded, RMSNorm runs in float32 with float32
+gains, and sliding-window caches are exact under chunked prefill, trimming and snapshots.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cache import Mask, ModelCache
+from .config import ModelArgs
+from .errors import ContextOverflowError
+from .moe import MLPBlock
+from .rope import YarnRope
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 with a float32 gain, cast back to the activation dtype."""
+
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.rms_norm(x.astype(mx.float32), self.weight, self.eps).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, rope: YarnRope):
+        super().__init__()
+        H, hd = args.hidden_size, args.head_dim
+        self.n_heads, self.n_kv, self.head_dim = args.num_attention_heads, args.num_key_value_heads, hd
+        self.q_proj = nn.Linear(H, self.n_heads * hd, bias=True)
+        self.k_proj = nn.Linear(H, self.n_kv * hd, bias=True)
+        self.v_proj = nn.Linear(H, self.n_kv * hd, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * hd, H, bias=True)
+        self.sinks = mx.zeros((self.n_heads,))
+        self.scale = 1.0 / math.sqrt(hd)
+        self._rope = rope
+
+    def __call__(self, x: mx.array, mask: Mask, cache=None, offset: int = 0) -> mx.array:
+        B, L, _ = x.shape
+        q = self.q_proj(x).reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
+        q, k = self._rope(q, offset), self._rope(k, offset)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        o = mx.fast.scaled_dot_product_attention(
+            q, k, v, scale=self.scale, mask=mask, sinks=self.sinks.astype(q.dtype)
+        )
+        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, rope: YarnRope):
+        super().__init__()
+        self.self_attn = Attention(args, rope)
+        self.mlp = MLPBlock(
+            args.hidden_size, args.intermediate_size, args.num_local_experts,
+            args.num_experts_per_tok, args.swiglu_limit, args.swiglu_alpha,
+        )
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+    def __call__(self, x: mx.array, mask: Mask, cache=None, offset: int = 0) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache, offset)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class GptOssModel(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        rope = YarnRope(
+            args.head_dim, args.rope_theta, args.rope_factor, args.rope_original_context,
+            args.rope_beta_fast, args.rope_beta_slow, args.rope_truncate,
+        )
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [TransformerBlock(args, rope) for _ in range(args.num_hidden_layers)]
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.layer_types = list(args.layer_types)
+        self.window = args.sliding_window
+
+
+def _uncached_masks(n: int, window: int) -> tuple[Mask, Mask]:
+    if n == 1:
+        return None, None
+    pos = mx.arange(n)
+    d = pos[:, None] - pos[None, :]
+    return "causal", (d >= 0) & (d < window)
+
+
+class Model(nn.Module):
+    """gpt-oss: tokens [B, T] -> logits [B, T, vocab]."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = GptOssModel(args)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.dtype = mx.bfloat16
+
+    @property
+    def layers(self) -> list[TransformerBlock]:
+        return self.model.layers
+
+    def make_cache(self, trim_slack: int = 0) -> ModelCache:
+        return ModelCache(self.model.layer_types, self.args.sliding_window,
+                          self.args.max_position_embeddings, trim_slack)
+
+    def hidden_states(self, tokens: mx.array, cache: Optional[ModelCache] = None) -> mx.array:
+        B, T = tokens.shape
+        offset = cache.offset if cache is not None else 0
+        if offset + T > self.args.max_position_embeddings:
+            raise ContextOverflowError(
+                f"{offset + T} positions exceed the model's context of {self.args.max_position_embeddings}"
+            )
+        full_mask, sliding_mask = cache.masks(T) if cache is not None else _uncached_masks(T, self.model.window)
+        x = self.model.embed_tokens(tokens).astype(self.dtype)
+        for i, (layer, kind) in enumerate(zip(self.model.layers, self.model.layer_types)):
+            mask = sliding_mask if kind == "sliding_attention" else full_mask
+            x = layer(x, mask, cache[i] if cache is not None else None, offset)
+        return self.model.norm(x)
+
+    def __call__(self, tokens: mx.array, cache: Optional[ModelCache] = None) -> mx.array:
+        return self.lm_head(self.hidden_states(tokens, cache))
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Runtime-layout weights need no renaming; drop tensors the model derives itself."""
+        return {k: v for k, v in weights.items() if "rotary_emb" not in k}
