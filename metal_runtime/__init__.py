@@ -3,18 +3,25 @@
 from .cache import CacheSnapshot, ModelCache
 from .config import ModelArgs
 from .errors import CacheError, ContextOverflowError, GenerationError, ModelLoadError, RuntimeUserError
+from .generate import GenerationStats, generate, prefill
 from .loading import load
 from .model import Model
+from .sampling import make_sampler, top_p_mask
 
 __all__ = [
     "CacheError",
     "CacheSnapshot",
     "ContextOverflowError",
     "GenerationError",
+    "GenerationStats",
     "Model",
     "ModelArgs",
     "ModelCache",
     "ModelLoadError",
     "RuntimeUserError",
+    "generate",
     "load",
+    "make_sampler",
+    "prefill",
+    "top_p_mask",
 ]

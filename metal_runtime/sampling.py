@@ -1,0 +1,62 @@
+"""Token sampling on the device: greedy, temperature, nucleus (top-p), reproducible with a seed.
+
+Sampling stays in MLX so that the next step can be queued before the host reads the current
+token (see generate.py): the host never waits on the device between tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import mlx.core as mx
+
+from .errors import GenerationError
+
+Sampler = Callable[[mx.array], mx.array]  # logits [B, V] -> token ids [B] (uint32)
+
+
+def top_p_mask(logits: mx.array, top_p: float) -> mx.array:
+    """Logits with everything outside the nucleus set to -inf.
+
+    The nucleus is the smallest prefix of tokens sorted by probability (descending) whose mass
+    reaches `top_p`; the most likely token is always kept (so top_p -> 0 is greedy).
+    """
+    order = mx.argsort(-logits, axis=-1)
+    sorted_logits = mx.take_along_axis(logits, order, axis=-1)
+    probs = mx.softmax(sorted_logits.astype(mx.float32), axis=-1, precise=True)
+    mass_before = mx.cumsum(probs, axis=-1) - probs
+    keep_sorted = mass_before < top_p
+    keep_sorted[..., 0] = True
+    keep = mx.put_along_axis(mx.zeros(logits.shape, dtype=mx.bool_), order, keep_sorted, axis=-1)
+    return mx.where(keep, logits, mx.array(-float("inf"), dtype=logits.dtype))
+
+
+class SamplerState:
+    """A sampler with its own PRNG key chain: same seed, same logits -> same tokens."""
+
+    def __init__(self, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None):
+        if not (temperature >= 0.0) or temperature != temperature:
+            raise GenerationError(f"temperature must be >= 0, got {temperature}")
+        if not (0.0 <= top_p <= 1.0):
+            raise GenerationError(f"top_p must be in [0, 1], got {top_p}")
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        self.seed = int(seed) & 0xFFFFFFFF
+        self._key = mx.random.key(self.seed)
+
+    def __call__(self, logits: mx.array) -> mx.array:
+        logits = logits.astype(mx.float32)
+        if self.temperature == 0.0:
+            return mx.argmax(logits, axis=-1).astype(mx.uint32)
+        logits = logits * (1.0 / self.temperature)  # nucleus of the tempered distribution
+        if self.top_p < 1.0:
+            logits = top_p_mask(logits, self.top_p)
+        self._key, sub = mx.random.split(self._key)
+        return mx.random.categorical(logits, key=sub).astype(mx.uint32)
+
+
+def make_sampler(temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None) -> Sampler:
+    return SamplerState(temperature, top_p, seed)
