@@ -1,0 +1,350 @@
+"""Rendering OpenAI chat-style conversations into harmony prompt tokens (through openai-harmony).
+
+What this adds to the library:
+- OpenAI chat shapes in (system -> developer instructions, assistant `reasoning` + `tool_calls`,
+  tool results matched to their calls by `tool_call_id`);
+- the per-turn analysis rule: reasoning of every turn that ended in a final answer is dropped,
+  a turn still inside a tool loop keeps it (the library's `auto_drop_analysis` only drops what
+  precedes the first final of the whole conversation);
+- exact history: an assistant message may carry `harmony_messages`, the model's own tokens as the
+  stream parser recorded them. They are spliced in verbatim (`<|return|>` stored as `<|end|>`), so a
+  prompt cache keyed on tokens keeps matching what the model generated (the library would move
+  `to=` before `<|channel|>` and re-tokenize the text);
+- tool schemas flattened into what the library's TypeScript rendering understands.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Optional, Sequence, Union
+
+from openai_harmony import (
+    Author,
+    Conversation,
+    DeveloperContent,
+    Message,
+    ReasoningEffort,
+    RenderConversationConfig,
+    RenderOptions,
+    Role,
+    SystemContent,
+    ToolDescription,
+    ToolNamespaceConfig,
+)
+
+from .errors import HarmonyIOError
+from .schema import flatten_schema
+from .tokens import END, RETURN, assistant_header
+from .vocab import encoding
+
+EFFORTS = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
+BUILTIN_TOOLS = ("python", "browser")
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+JSON_CONTENT_TYPE = "<|constrain|>json"
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    name: str
+    description: str
+    parameters: dict
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """An assistant message exactly as generated: its tokens from `<|start|>` through its stop token."""
+
+    tokens: tuple[int, ...]
+    channel: Optional[str]
+    recipient: Optional[str] = None
+
+
+Item = Union[Message, RawMessage]
+
+
+@dataclass
+class RenderedPrompt:
+    tokens: list[int]
+    has_function_tools: bool = False
+    function_names: list[str] = field(default_factory=list)
+
+
+def parse_tools(tools: Optional[Sequence[dict]]) -> list[FunctionTool]:
+    """OpenAI function tools (chat `{"type":"function","function":{...}}` or Responses' flat form)."""
+    out: list[FunctionTool] = []
+    seen: set[str] = set()
+    for i, tool in enumerate(tools or []):
+        if not isinstance(tool, dict):
+            raise HarmonyIOError(f"tools[{i}] must be an object")
+        if tool.get("type", "function") != "function":
+            raise HarmonyIOError(f"tools[{i}]: unsupported tool type {tool.get('type')!r} (only 'function')")
+        spec = tool.get("function", tool)
+        name = spec.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.match(name):
+            raise HarmonyIOError(f"tools[{i}]: invalid function name {name!r} (letters, digits, _ and -, up to 64)")
+        if name in seen:
+            raise HarmonyIOError(f"tools[{i}]: duplicate function name {name!r}")
+        seen.add(name)
+        desc = spec.get("description") or ""
+        if not isinstance(desc, str):
+            raise HarmonyIOError(f"tools[{i}]: description must be a string")
+        try:
+            params = flatten_schema(spec.get("parameters"))
+        except HarmonyIOError as e:
+            raise HarmonyIOError(f"tools[{i}] ({name}): {e}") from None
+        out.append(FunctionTool(name, desc, params))
+    return out
+
+
+def _text(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text"):
+                parts.append(str(part.get("text", "")))
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise HarmonyIOError(f"{where}: unsupported content part {kind!r} (text only)")
+        return "".join(parts)
+    raise HarmonyIOError(f"{where}: content must be a string or a list of text parts")
+
+
+def system_message(
+    reasoning_effort: str = "medium",
+    model_identity: Optional[str] = None,
+    knowledge_cutoff: str = "2024-06",
+    current_date: Optional[str] = None,
+    builtin_tools: Iterable[str] = (),
+) -> Message:
+    if reasoning_effort not in EFFORTS:
+        raise HarmonyIOError(f"reasoning_effort must be one of {sorted(EFFORTS)}, got {reasoning_effort!r}")
+    sc = SystemContent.new().with_reasoning_effort(EFFORTS[reasoning_effort]).with_knowledge_cutoff(knowledge_cutoff)
+    if model_identity is not None:
+        sc = sc.with_model_identity(model_identity)
+    if current_date is not None:
+        sc = sc.with_conversation_start_date(current_date)
+    for tool in builtin_tools:
+        if tool == "python":
+            sc = sc.with_python_tool()
+        elif tool == "browser":
+            sc = sc.with_browser_tool()
+        else:
+            raise HarmonyIOError(f"unknown built-in tool {tool!r} (python, browser)")
+    return Message.from_role_and_content(Role.SYSTEM, sc)
+
+
+def _recipient_for(name: str, builtin: set[str]) -> str:
+    return name if name in builtin else f"functions.{name}"
+
+
+def _assistant_items(msg: dict, where: str, builtin: set[str]) -> list[Item]:
+    raw = msg.get("harmony_messages")
+    if raw:
+        items: list[Item] = []
+        for j, r in enumerate(raw):
+            tokens = r.get("tokens") if isinstance(r, dict) else getattr(r, "tokens", None)
+            if not tokens:
+                raise HarmonyIOError(f"{where}.harmony_messages[{j}]: no tokens")
+            get = (lambda k: r.get(k)) if isinstance(r, dict) else (lambda k: getattr(r, k, None))
+            items.append(RawMessage(tuple(int(t) for t in tokens), get("channel"), get("recipient")))
+        return items
+    items = []
+    reasoning = msg.get("reasoning", msg.get("reasoning_content"))
+    if reasoning:
+        items.append(Message.from_role_and_content(Role.ASSISTANT, _text(reasoning, where)).with_channel("analysis"))
+    calls = msg.get("tool_calls") or []
+    content = _text(msg.get("content"), where)
+    if calls:
+        if content:
+            items.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel("commentary"))
+        for k, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise HarmonyIOError(f"{where}.tool_calls[{k}]: expected {{'function': {{'name', 'arguments'}}}}")
+            args = fn.get("arguments", "")
+            if not isinstance(args, str):
+                args = json.dumps(args)
+            recipient = _recipient_for(fn["name"], builtin)
+            m = Message.from_role_and_content(Role.ASSISTANT, args).with_recipient(recipient)
+            if recipient.startswith("functions."):
+                m = m.with_channel("commentary").with_content_type(JSON_CONTENT_TYPE)
+            else:
+                m = m.with_channel("analysis").with_content_type("code")
+            items.append(m)
+    elif content or not reasoning:
+        items.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel("final"))
+    return items
+
+
+def _calls_by_id(messages: Sequence[dict]) -> dict[str, tuple[str, str]]:
+    """tool_call_id -> (tool name, channel of the call), from earlier assistant messages."""
+    out: dict[str, tuple[str, str]] = {}
+    for msg in messages:
+        if isinstance(msg, dict) and msg.get("role") == "assistant":
+            for call in msg.get("tool_calls") or []:
+                if isinstance(call, dict) and isinstance(call.get("function"), dict) and call.get("id"):
+                    out[call["id"]] = (call["function"].get("name", ""), call.get("channel", "commentary"))
+    return out
+
+
+def _turns(items: list[tuple[str, Item]]) -> list[list[int]]:
+    """Indices of non-user items grouped into turns (a user message closes a turn)."""
+    turns: list[list[int]] = [[]]
+    for i, (role, _) in enumerate(items):
+        if role == "user":
+            turns.append([])
+        else:
+            turns[-1].append(i)
+    return turns
+
+
+def _channel(item: Item) -> Optional[str]:
+    return item.channel
+
+
+def build_items(
+    messages: Sequence[dict],
+    *,
+    builtin_tools: Iterable[str] = (),
+    keep_analysis: bool = False,
+) -> tuple[list[str], list[Item]]:
+    """(developer instruction texts, conversation items) with the per-turn analysis rule applied."""
+    builtin = set(builtin_tools)
+    instructions: list[str] = []
+    items: list[tuple[str, Item]] = []
+    calls = _calls_by_id(messages)
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise HarmonyIOError(f"{where} must be an object")
+        role = msg.get("role")
+        if role in ("system", "developer"):
+            text = _text(msg.get("content"), where)
+            if text:
+                instructions.append(text)
+        elif role == "user":
+            items.append(("user", Message.from_role_and_content(Role.USER, _text(msg.get("content"), where))))
+        elif role == "assistant":
+            items += [("assistant", it) for it in _assistant_items(msg, where, builtin)]
+        elif role == "tool":
+            name, channel = msg.get("name"), "commentary"
+            call_id = msg.get("tool_call_id")
+            if call_id is not None and call_id in calls:
+                name, channel = calls[call_id][0] or name, calls[call_id][1]
+            if not isinstance(name, str) or not name:
+                raise HarmonyIOError(f"{where}: tool message needs a 'name' or a 'tool_call_id' of an earlier call")
+            author = _recipient_for(name, builtin)
+            if author in builtin:
+                channel = msg.get("channel", "analysis")
+            m = (Message.from_author_and_content(Author.new(Role.TOOL, author), _text(msg.get("content"), where))
+                 .with_channel(channel).with_recipient("assistant"))
+            items.append(("tool", m))
+        else:
+            raise HarmonyIOError(f"{where}: unknown role {role!r} (system, developer, user, assistant, tool)")
+    if not keep_analysis:
+        drop: set[int] = set()
+        for turn in _turns(items):
+            if any(_channel(items[i][1]) == "final" for i in turn):
+                drop |= {i for i in turn if items[i][0] == "assistant" and _channel(items[i][1]) == "analysis"
+                         and getattr(items[i][1], "recipient", None) is None}
+        items = [it for i, it in enumerate(items) if i not in drop]
+    return instructions, [it for _, it in items]
+
+
+def developer_message(instructions: Sequence[str], tools: Sequence[FunctionTool]) -> Optional[Message]:
+    if not instructions and not tools:
+        return None
+    dev = DeveloperContent.new()
+    if instructions:
+        dev = dev.with_instructions("\n\n".join(instructions))
+    if tools:
+        dev = dev.with_function_tools([ToolDescription.new(t.name, t.description, t.parameters) for t in tools])
+    return Message.from_role_and_content(Role.DEVELOPER, dev)
+
+
+def _raw_history_tokens(raw: RawMessage) -> list[int]:
+    toks = list(raw.tokens)
+    if toks and toks[-1] == RETURN:
+        toks[-1] = END  # a finished answer is stored as <|end|> in history
+    return toks
+
+
+def render_items(header: Sequence[Message], items: Sequence[Item], has_function_tools: bool) -> list[int]:
+    """Tokens of header + items + `<|start|>assistant`."""
+    enc = encoding()
+    if not any(isinstance(it, RawMessage) for it in items):
+        conv = Conversation.from_messages(list(header) + list(items))
+        return enc.render_conversation_for_completion(
+            conv, Role.ASSISTANT, RenderConversationConfig(auto_drop_analysis=False)
+        )
+    opts = RenderOptions(conversation_has_function_tools=has_function_tools)
+    out: list[int] = []
+    for m in list(header) + list(items):
+        out += _raw_history_tokens(m) if isinstance(m, RawMessage) else enc.render(m, opts)
+    return out + assistant_header()
+
+
+def render_prompt(
+    messages: Sequence[dict],
+    *,
+    tools: Optional[Sequence[dict]] = None,
+    reasoning_effort: str = "medium",
+    model_identity: Optional[str] = None,
+    knowledge_cutoff: str = "2024-06",
+    current_date: Optional[str] = None,
+    builtin_tools: Sequence[str] = (),
+    keep_analysis: bool = False,
+) -> list[int]:
+    """Prompt tokens for the next assistant turn of an OpenAI chat-style conversation."""
+    return render(messages, tools=tools, reasoning_effort=reasoning_effort, model_identity=model_identity,
+                  knowledge_cutoff=knowledge_cutoff, current_date=current_date, builtin_tools=builtin_tools,
+                  keep_analysis=keep_analysis).tokens
+
+
+def render(
+    messages: Sequence[dict],
+    *,
+    tools: Optional[Sequence[dict]] = None,
+    reasoning_effort: str = "medium",
+    model_identity: Optional[str] = None,
+    knowledge_cutoff: str = "2024-06",
+    current_date: Optional[str] = None,
+    builtin_tools: Sequence[str] = (),
+    keep_analysis: bool = False,
+) -> RenderedPrompt:
+    """Like `render_prompt`, also returning which function tools the prompt declares."""
+    for b in builtin_tools:
+        if b not in BUILTIN_TOOLS:
+            raise HarmonyIOError(f"unknown built-in tool {b!r} (python, browser)")
+    functions = parse_tools(tools)
+    instructions, items = build_items(messages, builtin_tools=builtin_tools, keep_analysis=keep_analysis)
+    header = [system_message(reasoning_effort, model_identity, knowledge_cutoff, current_date, builtin_tools)]
+    dev = developer_message(instructions, functions)
+    if dev is not None:
+        header.append(dev)
+    tokens = render_items(header, items, bool(functions))
+    return RenderedPrompt(tokens, bool(functions), [f.name for f in functions])
+
+
+def render_tool_result(name: str, content: str, *, channel: str = "commentary", builtin: bool = False) -> list[int]:
+    """Tokens of one tool result message, to append after the model's raw tool call."""
+    author = name if builtin else f"functions.{name}"
+    m = (Message.from_author_and_content(Author.new(Role.TOOL, author), content)
+         .with_channel(channel).with_recipient("assistant"))
+    return encoding().render(m)
+
+
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+Effort = Literal["low", "medium", "high"]
