@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import checkpoints
+from . import checkpoints, generate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,6 +14,7 @@ def cli() -> None:
 
 
 checkpoints.register(cli)
+generate.register(cli)
 
 
 def main() -> None:

@@ -1,0 +1,105 @@
+"""The engine: one model, one prompt cache, harmony in and parser events out.
+
+Shared by `gptoss generate`, `gptoss chat` (ChatSession) and `gptoss serve`: prompt tokens are
+fed with prompt reuse, generation stops on harmony's stop ids, and every generated token goes
+through the stream parser. A turn reports how many prompt tokens it reused and prefilled.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+from harmony_io import STOP_IDS, Event, StreamParser
+from harmony_io.parser import Done
+from metal_runtime import GenerationStats, Model, generate, load, prefill
+from metal_runtime.prompt_cache import PromptCache
+
+
+@dataclass
+class TurnStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefilled_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: Optional[str] = None
+    generated: list[int] = field(default_factory=list)
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prefilled_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        n = self.generated_tokens - 1
+        return n / self.decode_seconds if self.decode_seconds > 0 and n > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"prefill {self.prefilled_tokens} tok ({self.prefill_tps:.1f} tok/s), "
+                f"reused {self.reused_tokens} tok, decode {self.generated_tokens} tok ({self.decode_tps:.1f} tok/s)")
+
+
+class Engine:
+    """A loaded model plus the prompt cache of the conversation it is serving."""
+
+    def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4):
+        self.model = model
+        self.model_id = model_id
+        self.prompt_cache = PromptCache(model, max_snapshots=max_snapshots)
+        self.lock = threading.Lock()  # one generation at a time per engine
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None) -> "Engine":
+        return cls(load(path, dtype=dtype), model_id or Path(path).name)
+
+    def stream(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: Optional[int] = None,
+        tools: Optional[Iterable[str]] = None,
+        stats: Optional[TurnStats] = None,
+        extra_stop_ids: Iterable[int] = (),
+    ) -> Iterator[Event]:
+        """Parser events of one generation from `prompt` (which ends with `<|start|>assistant`)."""
+        stats = stats if stats is not None else TurnStats()
+        pc = self.prompt_cache
+        reuse = pc.prepare(prompt)
+        stats.prompt_tokens = len(prompt)
+        stats.reused_tokens = reuse.reused
+        stats.prefilled_tokens = len(reuse.to_feed)
+        t0 = time.perf_counter()
+        prefill(self.model, reuse.to_feed[:-1], pc.cache)
+        pc.fed(reuse.to_feed[:-1])
+        t1 = time.perf_counter()
+        pc.checkpoint()  # where this prompt ends: the next turn diverges right after it
+        parser = StreamParser(tools)
+        gen = GenerationStats()
+        generated: list[int] = []
+        ended = False
+        try:
+            for tok in generate(self.model, reuse.to_feed[-1:], max_tokens=max_tokens, temperature=temperature,
+                                top_p=top_p, seed=seed, stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids),
+                                cache=pc.cache, stats=gen):
+                generated.append(tok)
+                events = parser.feed(tok)
+                ended = any(isinstance(e, Done) for e in events)
+                yield from events
+            if not ended:
+                yield from parser.finish("length" if gen.finish_reason == "length" else "stop")
+        finally:
+            pc.fed(reuse.to_feed[-1:] + generated)
+            # prefill = the chunks fed above + the last prompt token's forward (time to first token)
+            stats.prefill_seconds = (t1 - t0) + gen.first_token_seconds
+            stats.decode_seconds = gen.decode_seconds
+            stats.generated_tokens = len(generated)
+            stats.generated = generated
+            stats.finish_reason = gen.finish_reason
