@@ -1,0 +1,231 @@
+"""ChatSession: multi-turn chat with tools and prompt reuse, without any terminal.
+
+A turn is: the user's message, then generations until a final answer -- each tool call the model
+makes is executed (built-in python, or a registered Python function), its result appended, and
+generation continues, up to a step limit. History keeps the model's own tokens for every complete
+message (`harmony_messages`), so the next prompt starts with exactly what the cache holds and only
+the new part is prefilled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+from harmony_io import AssistantTurn, Event, HarmonyIOError, render
+from harmony_io.shapes import ToolCall
+
+from .engine import Engine, TurnStats
+from .tools.functions import FunctionRegistry
+from .tools.python_tool import PythonTool
+
+SAVE_VERSION = 1
+COMPLETE_STOPS = ("end", "return", "call")
+
+
+@dataclass
+class ToolResult:
+    """A tool ran for a call of the model; `output` is what the model will read."""
+
+    name: str
+    call_id: str
+    output: str
+    status: str  # "ok" | "error" | "timeout" | "crashed" | "unknown"
+
+
+@dataclass
+class StepLimitReached:
+    steps: int
+
+
+@dataclass
+class TurnReport:
+    steps: list[TurnStats] = field(default_factory=list)
+    interrupted: bool = False
+    finish_reason: Optional[str] = None
+
+    @property
+    def prefilled(self) -> int:
+        return sum(s.prefilled_tokens for s in self.steps)
+
+    @property
+    def reused(self) -> int:
+        return self.steps[0].reused_tokens if self.steps else 0
+
+    @property
+    def generated(self) -> int:
+        return sum(s.generated_tokens for s in self.steps)
+
+    def line(self) -> str:
+        pre_s = sum(s.prefill_seconds for s in self.steps)
+        dec_s = sum(s.decode_seconds for s in self.steps)
+        dec_n = sum(max(s.generated_tokens - 1, 0) for s in self.steps)
+        pre_tps = self.prefilled / pre_s if pre_s > 0 else 0.0
+        dec_tps = dec_n / dec_s if dec_s > 0 else 0.0
+        return (f"prefill {self.prefilled} tok @ {pre_tps:.1f} tok/s | decode {self.generated} tok @ "
+                f"{dec_tps:.1f} tok/s | reused {self.reused} tok from cache"
+                + (f" | {len(self.steps)} steps" if len(self.steps) > 1 else ""))
+
+
+ChatEvent = Union[Event, ToolResult, StepLimitReached]
+
+
+class ChatSession:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        system: Optional[str] = None,
+        effort: str = "medium",
+        python_tool: Union[bool, PythonTool] = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int = 4096,
+        max_tool_steps: int = 8,
+        seed: Optional[int] = None,
+        keep_analysis: bool = False,
+        current_date: Optional[str] = None,
+    ):
+        self.engine = engine
+        self.system = system
+        self.effort = effort
+        self.python = python_tool if isinstance(python_tool, PythonTool) else (PythonTool() if python_tool else None)
+        self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
+        self.max_tool_steps = max_tool_steps
+        self.keep_analysis = keep_analysis
+        self.current_date = current_date
+        self.functions = FunctionRegistry()
+        self.messages: list[dict[str, Any]] = []
+        self.last_turn: Optional[TurnReport] = None
+        self.history_reports: list[TurnReport] = []
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def register_function(self, fn: Callable[..., Any], *, name: Optional[str] = None,
+                          description: Optional[str] = None, parameters: Optional[dict] = None) -> None:
+        self.functions.register(fn, name=name, description=description, parameters=parameters)
+
+    def set_effort(self, effort: str) -> None:
+        if effort not in ("low", "medium", "high"):
+            raise HarmonyIOError(f"effort must be low, medium or high, got {effort!r}")
+        self.effort = effort
+
+    def reset(self) -> None:
+        self.messages = []
+        self.last_turn = None
+
+    def tool_names(self) -> list[str]:
+        return (["python"] if self.python else []) + list(self.functions.tools)
+
+    def _declared_recipients(self) -> list[str]:
+        return (["python"] if self.python else []) + [f"functions.{n}" for n in self.functions.tools]
+
+    def prompt_tokens(self) -> list[int]:
+        msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
+        return render(msgs, tools=self.functions.specs(), reasoning_effort=self.effort,
+                      current_date=self.current_date, builtin_tools=("python",) if self.python else (),
+                      keep_analysis=self.keep_analysis).tokens
+
+    # -- a turn ------------------------------------------------------------------------------
+
+    def send(self, text: str) -> Iterator[ChatEvent]:
+        """Stream one user turn (all its generation steps and tool results)."""
+        self.messages.append({"role": "user", "content": text})
+        report = TurnReport()
+        self.last_turn = report
+        self.history_reports.append(report)
+        for step in range(self.max_tool_steps + 1):
+            turn = AssistantTurn()
+            stats = TurnStats()
+            report.steps.append(stats)
+            completed = False
+            try:
+                for ev in self.engine.stream(
+                    self.prompt_tokens(), max_tokens=self.max_tokens, temperature=self.temperature,
+                    top_p=self.top_p, seed=self.seed, tools=self._declared_recipients(), stats=stats,
+                ):
+                    turn.add(ev)
+                    yield ev
+                completed = True
+            finally:
+                self.messages.append(self._assistant_message(turn, interrupted=not completed))
+                if not completed:
+                    report.interrupted = True
+                    report.finish_reason = "interrupted"
+            report.finish_reason = turn.finish_reason
+            if turn.finish_reason != "tool_calls":
+                return
+            if step == self.max_tool_steps:
+                yield StepLimitReached(step)
+                return
+            for call in turn.tool_calls:
+                result = self._run_tool(call)
+                self.messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
+                                      "content": result.output})
+                yield result
+
+    def ask(self, text: str) -> str:
+        """Run a turn to completion and return the answer text."""
+        for _ in self.send(text):
+            pass
+        last = self.messages[-1]
+        return last.get("content") or ""
+
+    def _run_tool(self, call: ToolCall) -> ToolResult:
+        if call.recipient == "python" and self.python is not None:
+            out = self.python.run(call.arguments)
+            return ToolResult("python", call.id, out.text, out.status)
+        if call.recipient.startswith("functions.") and call.name in self.functions.tools:
+            text = self.functions.call(call.name, call.arguments)
+            return ToolResult(call.name, call.id, text, "error" if text.startswith("error:") else "ok")
+        return ToolResult(call.name, call.id,
+                          f"error: there is no tool {call.recipient!r}; available: {', '.join(self.tool_names()) or 'none'}",
+                          "unknown")
+
+    @staticmethod
+    def _assistant_message(turn: AssistantTurn, interrupted: bool) -> dict[str, Any]:
+        msg: dict[str, Any] = {"role": "assistant", "content": turn.visible_text}
+        if interrupted:
+            # the partial answer stays (marked); its unfinished reasoning and calls do not
+            msg["interrupted"] = True
+            return msg
+        if turn.reasoning:
+            msg["reasoning"] = turn.reasoning
+        if turn.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": "function", "channel": c.channel,
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in turn.tool_calls
+            ]
+        raw = turn.harmony_messages
+        if raw and all(m["stop"] in COMPLETE_STOPS for m in raw):
+            msg["harmony_messages"] = raw  # exact tokens: the next prompt matches the cache
+        return msg
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def save(self, path: Union[str, Path]) -> None:
+        data = {"version": SAVE_VERSION, "system": self.system, "effort": self.effort, "messages": self.messages}
+        Path(path).expanduser().write_text(json.dumps(data, ensure_ascii=False, indent=1))
+
+    def load(self, path: Union[str, Path]) -> None:
+        p = Path(path).expanduser()
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise HarmonyIOError(f"{p}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HarmonyIOError(f"{p}: not a saved conversation ({e})") from None
+        if not isinstance(data, dict) or data.get("version") != SAVE_VERSION or not isinstance(data.get("messages"), list):
+            raise HarmonyIOError(f"{p}: not a saved gptoss conversation (version {SAVE_VERSION})")
+        messages = data["messages"]
+        render(messages)  # validate before replacing the current conversation
+        self.messages = messages
+        self.system = data.get("system")
+        self.set_effort(data.get("effort", self.effort))
+
+    def close(self) -> None:
+        if self.python is not None:
+            self.python.close()

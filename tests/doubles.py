@@ -1,0 +1,65 @@
+"""A scripted model double: the Model interface (tokens + cache -> logits), emitting given replies.
+
+It drives the real generation loop, prompt cache and parser deterministically. Its KV "values"
+are the token ids themselves, so tests can read back exactly which tokens a cache holds after
+trims and snapshot restores.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from types import SimpleNamespace
+from typing import Iterable
+
+import mlx.core as mx
+
+from metal_runtime.cache import FullCache, ModelCache
+
+VOCAB = 201088
+FILLER = 200007  # what the double says when no script is active (never read by a correct loop)
+
+
+class ScriptedModel:
+    def __init__(self, replies: Iterable[list[int]] = (), window: int = 4):
+        self.args = SimpleNamespace(vocab_size=VOCAB, max_position_embeddings=131072, sliding_window=window,
+                                    num_hidden_layers=2)
+        self.replies: deque[list[int]] = deque(replies)
+        self.current: list[int] = []
+        self.j = 0
+        self.expect = -1
+        self.generations = 0
+        self.window = window
+
+    def add_reply(self, tokens: list[int]) -> None:
+        self.replies.append(list(tokens))
+
+    def make_cache(self, trim_slack: int = 0) -> ModelCache:
+        return ModelCache(["sliding_attention", "full_attention"], self.window, self.args.max_position_embeddings, trim_slack)
+
+    def __call__(self, tokens: mx.array, cache: ModelCache | None = None) -> mx.array:
+        B, T = tokens.shape
+        start = cache.offset if cache is not None else 0
+        if cache is not None:
+            kv = tokens.astype(mx.float32).reshape(B, 1, T, 1)
+            for layer in cache.layers:
+                layer.update_and_fetch(kv, kv)
+        nxt = FILLER
+        if T == 1:
+            if start != self.expect and self.replies:  # a new prompt was fed: next reply
+                self.current, self.j = self.replies.popleft(), 0
+                self.generations += 1
+            if self.j < len(self.current):
+                nxt = self.current[self.j]
+                self.j += 1
+            self.expect = start + 1
+        row = mx.full((VOCAB,), -1e9, dtype=mx.float32)
+        row[nxt] = 0.0
+        return mx.broadcast_to(row, (B, T, VOCAB))
+
+
+def cached_tokens(cache: ModelCache) -> list[int]:
+    """Token ids held by the first full-attention layer of a double's cache."""
+    full = next(c for c in cache.layers if isinstance(c, FullCache))
+    if full.keys is None:
+        return []
+    return [int(v) for v in full.keys[0, 0, : full.offset, 0].tolist()]
