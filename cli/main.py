@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import checkpoints, generate
+from . import chat, checkpoints, generate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +15,7 @@ def cli() -> None:
 
 checkpoints.register(cli)
 generate.register(cli)
+chat.register(cli)
 
 
 def main() -> None:

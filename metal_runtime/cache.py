@@ -247,6 +247,22 @@ class ModelCache:
             c.trim(n)
         return self.offset
 
+    def resync(self, max_offset: int) -> Optional[int]:
+        """Bring every layer to one offset <= max_offset after an interrupted forward pass.
+
+        A KeyboardInterrupt can land between two layers' updates, leaving some layers one chunk
+        ahead. Layers are trimmed back to the smallest offset (exact for what sliding layers can
+        trim); returns the common offset, or None when that is impossible (the caller resets).
+        """
+        target = min([max_offset] + [c.offset for c in self.layers])
+        try:
+            for c in self.layers:
+                if c.offset > target:
+                    c.trim(c.offset - target)
+        except CacheError:
+            return None
+        return target
+
     def snapshot(self) -> CacheSnapshot:
         return CacheSnapshot(self.offset, tuple(c.snapshot() for c in self.layers), id(self))
 

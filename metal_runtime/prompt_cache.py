@@ -77,12 +77,17 @@ class PromptCache:
         self.snapshots.append((n, self.cache.snapshot()))
         del self.snapshots[: -self.max_snapshots]
 
-    def fed(self, tokens: Sequence[int]) -> None:
-        """Record tokens the model has consumed into the cache, keeping `tokens` in sync with it."""
-        self.tokens.extend(tokens)
-        del self.tokens[self.cache.offset :]
-        if len(self.tokens) != self.cache.offset:
-            raise RuntimeError("prompt cache out of sync: caller fed tokens it did not record")
+    def sync(self, attempted: Sequence[int]) -> None:
+        """After feeding tokens (possibly interrupted): `tokens` becomes the prefix of `attempted`
+        (everything held before plus everything the caller tried to feed, in order) that the
+        cache really holds. Never leaves the two out of step; resets if the cache cannot be repaired.
+        """
+        offset = self.cache.resync(len(attempted))
+        if offset is None:
+            self.reset()
+            return
+        self.tokens = list(attempted[:offset])
+        self.snapshots = [(n, s) for n, s in self.snapshots if n <= offset]
 
     @property
     def nbytes(self) -> Optional[int]:

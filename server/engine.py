@@ -76,16 +76,17 @@ class Engine:
         stats.prompt_tokens = len(prompt)
         stats.reused_tokens = reuse.reused
         stats.prefilled_tokens = len(reuse.to_feed)
-        t0 = time.perf_counter()
-        prefill(self.model, reuse.to_feed[:-1], pc.cache)
-        pc.fed(reuse.to_feed[:-1])
-        t1 = time.perf_counter()
-        pc.checkpoint()  # where this prompt ends: the next turn diverges right after it
+        held = list(pc.tokens)
         parser = StreamParser(tools)
         gen = GenerationStats()
         generated: list[int] = []
-        ended = False
+        t0 = t1 = time.perf_counter()
         try:
+            prefill(self.model, reuse.to_feed[:-1], pc.cache)
+            pc.sync(held + reuse.to_feed[:-1])
+            pc.checkpoint()  # where this prompt ends: the next turn diverges right after it
+            t1 = time.perf_counter()
+            ended = False
             for tok in generate(self.model, reuse.to_feed[-1:], max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p, seed=seed, stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids),
                                 cache=pc.cache, stats=gen):
@@ -96,7 +97,8 @@ class Engine:
             if not ended:
                 yield from parser.finish("length" if gen.finish_reason == "length" else "stop")
         finally:
-            pc.fed(reuse.to_feed[-1:] + generated)
+            # whatever happened (stop, length, Ctrl-C, client gone), the cache and its token list agree
+            pc.sync(held + reuse.to_feed + generated)
             # prefill = the chunks fed above + the last prompt token's forward (time to first token)
             stats.prefill_seconds = (t1 - t0) + gen.first_token_seconds
             stats.decode_seconds = gen.decode_seconds
