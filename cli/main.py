@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import chat, checkpoints, generate
+from . import chat, checkpoints, generate, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +16,7 @@ def cli() -> None:
 checkpoints.register(cli)
 generate.register(cli)
 chat.register(cli)
+serve.register(cli)
 
 
 def main() -> None:

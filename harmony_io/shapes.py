@@ -166,7 +166,7 @@ class ResponsesStreamMapper:
         out: list[dict[str, Any]] = []
         if item["type"] == "message":
             out.append({"type": "response.output_text.done", "item_id": item["id"], "output_index": idx,
-                        "content_index": 0, "text": self._text})
+                        "content_index": 0, "text": self._text, "logprobs": []})
             part = {"type": "output_text", "text": self._text, "annotations": []}
             out.append({"type": "response.content_part.done", "item_id": item["id"], "output_index": idx,
                         "content_index": 0, "part": part})
@@ -211,7 +211,8 @@ class ResponsesStreamMapper:
                                         "status": "in_progress", "content": []})
             self._text += event.text
             out.append({"type": "response.output_text.delta", "item_id": self._open["id"],
-                        "output_index": len(self.items) - 1, "content_index": 0, "delta": event.text})
+                        "output_index": len(self.items) - 1, "content_index": 0, "delta": event.text,
+                        "logprobs": []})
         elif isinstance(event, ToolCallBegin):
             call = self.turn.tool_calls[-1]
             out += self._open_item({"type": "function_call", "id": self.ids("fc"), "call_id": call.id,

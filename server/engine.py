@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from harmony_io import STOP_IDS, Event, StreamParser
 from harmony_io.parser import Done
@@ -68,16 +68,25 @@ class Engine:
         tools: Optional[Iterable[str]] = None,
         stats: Optional[TurnStats] = None,
         extra_stop_ids: Iterable[int] = (),
+        forced_prefix: Sequence[int] = (),
+        should_stop: Optional[Callable[[], bool]] = None,
     ) -> Iterator[Event]:
-        """Parser events of one generation from `prompt` (which ends with `<|start|>assistant`)."""
+        """Parser events of one generation from `prompt` (which ends with `<|start|>assistant`).
+
+        `forced_prefix` is fed as if the model had written it (e.g. the header of a tool call that
+        `tool_choice` demands); its events come first. `should_stop` is polled after every token
+        (not every event: some tokens produce none), so a cancelled request stops within a token.
+        """
         stats = stats if stats is not None else TurnStats()
         pc = self.prompt_cache
+        prompt = list(prompt) + list(forced_prefix)
         reuse = pc.prepare(prompt)
-        stats.prompt_tokens = len(prompt)
+        stats.prompt_tokens = len(prompt) - len(forced_prefix)
         stats.reused_tokens = reuse.reused
         stats.prefilled_tokens = len(reuse.to_feed)
         held = list(pc.tokens)
         parser = StreamParser(tools)
+        forced_events = [e for t in forced_prefix for e in parser.feed(t)]
         gen = GenerationStats()
         generated: list[int] = []
         t0 = t1 = time.perf_counter()
@@ -86,11 +95,14 @@ class Engine:
             pc.sync(held + reuse.to_feed[:-1])
             pc.checkpoint()  # where this prompt ends: the next turn diverges right after it
             t1 = time.perf_counter()
+            yield from forced_events
             ended = False
             for tok in generate(self.model, reuse.to_feed[-1:], max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p, seed=seed, stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids),
                                 cache=pc.cache, stats=gen):
                 generated.append(tok)
+                if should_stop is not None and should_stop():
+                    return
                 events = parser.feed(tok)
                 ended = any(isinstance(e, Done) for e in events)
                 yield from events

@@ -1,0 +1,475 @@
+"""The OpenAI-compatible service: requests -> harmony prompts -> queued generations -> OpenAI shapes.
+
+Transport-free (no FastAPI here): app.py maps routes and SSE onto these methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Optional
+
+from harmony_io import (
+    AssistantTurn,
+    ChatStreamMapper,
+    Done,
+    Event,
+    HarmonyIOError,
+    ReasoningDelta,
+    ResponsesStreamMapper,
+    TextDelta,
+    PreambleDelta,
+    chat_message,
+    encoding,
+    render,
+    responses_items,
+    today,
+)
+from harmony_io.shapes import new_id
+from metal_runtime import RuntimeUserError
+
+from .api_models import APIError, ChatCompletionRequest, ResponsesRequest
+from .engine import Engine, TurnStats
+from .scheduler import END, Job, QueueFull, Scheduler
+
+EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
+DEFAULT_MAX_TOKENS = 4096
+DISCONNECT_POLL_S = 0.25
+
+
+@dataclass
+class Generation:
+    """Everything needed to run one generation, decided before it is queued."""
+
+    messages: list[dict[str, Any]]
+    prompt: list[int]
+    tools: list[str]  # declared recipients, for the parser
+    forced_prefix: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: Optional[int]
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    turn: AssistantTurn
+    stats: TurnStats
+    finish_reason: str
+    reasoning_tokens: int = 0
+
+
+class LRU(OrderedDict):
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+def _signature(msg: dict[str, Any]) -> Optional[tuple]:
+    """Identity of an assistant message as clients echo it back (reasoning is often omitted)."""
+    if msg.get("role") != "assistant":
+        return None
+    content = msg.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    calls = tuple(
+        (c.get("function", {}).get("name"), c.get("function", {}).get("arguments"))
+        for c in (msg.get("tool_calls") or []) if isinstance(c, dict)
+    )
+    return (content or "", calls)
+
+
+class StopWatcher:
+    """Cuts the visible text at the first client stop string, holding back possible prefixes."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.buffer = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self.buffer += text
+        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.buffer, self.hit = self.buffer[:cut], "", True
+            return out
+        if len(self.buffer) <= self.hold:
+            return ""
+        out, self.buffer = self.buffer[: len(self.buffer) - self.hold], self.buffer[len(self.buffer) - self.hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out
+
+
+class OpenAIService:
+    def __init__(self, engine: Engine, *, model_id: Optional[str] = None, aliases: tuple[str, ...] = (),
+                 max_queue: int = 64, raw_memory: int = 512, stored_responses: int = 256,
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS, current_date: Optional[str] = None):
+        self.engine = engine
+        self.model_id = model_id or engine.model_id
+        self.names = {self.model_id, *aliases}
+        self.scheduler = Scheduler(max_queue=max_queue)
+        self.raw = LRU(raw_memory)
+        self.responses = LRU(stored_responses)
+        self.default_max_tokens = default_max_tokens
+        self.current_date = current_date
+        self.created = int(time.time())
+
+    # -- shared ---------------------------------------------------------------------------
+
+    def check_model(self, name: str) -> None:
+        if name not in self.names:
+            raise APIError(404, f"The model `{name}` does not exist; this server serves {sorted(self.names)}",
+                           type="invalid_request_error", code="model_not_found", param="model")
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": self.created,
+                                            "owned_by": "gptoss-metal"} for n in sorted(self.names)]}
+
+    def _attach_raw(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for m in messages:
+            if isinstance(m, dict) and m.get("role") == "assistant" and not m.get("harmony_messages"):
+                raw = self.raw.get(_signature(m))
+                if raw is not None:
+                    m = dict(m, harmony_messages=raw)
+            out.append(m)
+        return out
+
+    def _remember(self, turn: AssistantTurn) -> None:
+        if turn.harmony_messages and all(h["stop"] in ("end", "return", "call") for h in turn.harmony_messages):
+            self.raw.put(_signature(chat_message(turn)), turn.harmony_messages)
+
+    def prepare(self, messages: list[dict[str, Any]], *, tools: Optional[list[dict]], tool_choice: Any,
+                effort: Optional[str], max_tokens: Optional[int], temperature: Optional[float],
+                top_p: Optional[float], seed: Optional[int], stop: Any = None) -> Generation:
+        if effort is not None and effort not in EFFORTS:
+            raise APIError(400, f"reasoning effort must be one of {sorted(EFFORTS)}", param="reasoning_effort")
+        forced: list[int] = []
+        declared_tools = tools or []
+        if tool_choice == "none":
+            declared_tools = []
+        elif isinstance(tool_choice, dict):
+            fn = tool_choice.get("function", tool_choice)
+            name = fn.get("name") if isinstance(fn, dict) else None
+            names = {(t.get("function", t) or {}).get("name") for t in declared_tools if isinstance(t, dict)}
+            if not name or name not in names:
+                raise APIError(400, f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")
+            forced = encoding().encode(
+                f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>", allowed_special="all")
+        elif tool_choice == "required":
+            raise APIError(400, "tool_choice 'required' is not supported; name a function instead", param="tool_choice")
+        elif tool_choice not in (None, "auto"):
+            raise APIError(400, f"invalid tool_choice {tool_choice!r}", param="tool_choice")
+        try:
+            rendered = render(self._attach_raw(messages), tools=declared_tools, reasoning_effort=EFFORTS[effort or "medium"],
+                              current_date=self.current_date or today())
+        except HarmonyIOError as e:
+            raise APIError(400, str(e), param="messages") from None
+        limit = self.engine.model.args.max_position_embeddings
+        room = limit - len(rendered.tokens) - len(forced)
+        if room < 1:
+            raise APIError(400, f"This model's maximum context length is {limit} tokens; the prompt has "
+                           f"{len(rendered.tokens)}.", code="context_length_exceeded", param="messages")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > 4:
+            raise APIError(400, "at most 4 stop sequences", param="stop")
+        return Generation(
+            messages=messages, prompt=rendered.tokens, tools=[f"functions.{n}" for n in rendered.function_names],
+            forced_prefix=forced, max_tokens=min(max_tokens or self.default_max_tokens, room),
+            temperature=1.0 if temperature is None else temperature, top_p=1.0 if top_p is None else top_p,
+            seed=seed, stop=stops,
+        )
+
+    def submit(self, gen: Generation) -> Job:
+        def work(job: Job) -> None:
+            stats = TurnStats()
+            stream = self.engine.stream(gen.prompt, max_tokens=gen.max_tokens, temperature=gen.temperature,
+                                        top_p=gen.top_p, seed=gen.seed, tools=gen.tools, stats=stats,
+                                        forced_prefix=gen.forced_prefix, should_stop=job.cancelled.is_set)
+            try:
+                for ev in stream:
+                    if job.cancelled.is_set():
+                        break
+                    job.put(ev)
+            finally:
+                stream.close()  # runs the engine's cleanup: the cache stays consistent
+                job.put(stats)
+
+        try:
+            return self.scheduler.submit(work)
+        except QueueFull as e:
+            raise APIError(429, f"The server is busy: {e}. Retry shortly.", type="rate_limit_error",
+                           code="queue_full") from None
+
+    async def events(self, job: Job, is_disconnected: Callable[[], Any]) -> AsyncIterator[Any]:
+        """Parser events (then the TurnStats) of a job; cancels it if the client goes away."""
+        try:
+            while True:
+                try:
+                    item = await job.get(timeout=DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await is_disconnected():
+                        return
+                    continue
+                if item is END:
+                    return
+                if isinstance(item, RuntimeUserError):
+                    raise APIError(400, str(item))
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.cancel()
+
+    @staticmethod
+    def _finish(turn: AssistantTurn, stats: TurnStats, stopped: bool) -> str:
+        if turn.tool_calls and turn.finish_reason == "tool_calls":
+            return "tool_calls"
+        if stopped:
+            return "stop"
+        return "length" if stats.finish_reason == "length" else "stop"
+
+    async def run(self, gen: Generation, job: Job, is_disconnected: Callable[[], Any],
+                  on_event: Optional[Callable[[Event], list]] = None) -> AsyncIterator[Any]:
+        """Follow a submitted generation, yielding what `on_event(event)` maps each event to; ends with an Outcome."""
+        turn = AssistantTurn()
+        watcher = StopWatcher(gen.stop)
+        stats = TurnStats()
+        reasoning_tokens = 0
+
+        def emit(ev: Event) -> list:
+            turn.add(ev)
+            return on_event(ev) if on_event is not None else []
+
+        events = self.events(job, is_disconnected)
+        try:
+            async for item in events:
+                if isinstance(item, TurnStats):
+                    stats = item
+                    continue
+                ev = item
+                if isinstance(ev, ReasoningDelta):
+                    reasoning_tokens += len(ev.tokens)
+                if isinstance(ev, (TextDelta, PreambleDelta)) and watcher.stops:
+                    ev = type(ev)(watcher.feed(ev.text), ev.tokens)
+                    if not ev.text and not watcher.hit:
+                        continue
+                for out in emit(ev):
+                    yield out
+                if watcher.hit:
+                    break
+        finally:
+            await events.aclose()  # cancels the job if it is still running
+        if watcher.hit:
+            stats = await self._final_stats(job, stats)
+        else:
+            rest = watcher.flush()
+            if rest:
+                for out in emit(TextDelta(rest)):
+                    yield out
+        self._remember(turn)
+        yield Outcome(turn, stats, self._finish(turn, stats, watcher.hit), reasoning_tokens)
+
+    @staticmethod
+    async def _final_stats(job: Job, stats: TurnStats) -> TurnStats:
+        """After cutting a generation short, wait for the worker's final numbers (it stops within a token)."""
+        while True:
+            try:
+                item = await job.get(timeout=10.0)
+            except asyncio.TimeoutError:
+                return stats
+            if isinstance(item, TurnStats):
+                return item
+            if item is END:
+                return stats
+
+    @staticmethod
+    def usage_chat(o: Outcome) -> dict[str, Any]:
+        return {"prompt_tokens": o.stats.prompt_tokens, "completion_tokens": o.stats.generated_tokens,
+                "total_tokens": o.stats.prompt_tokens + o.stats.generated_tokens,
+                "prompt_tokens_details": {"cached_tokens": o.stats.reused_tokens},
+                "completion_tokens_details": {"reasoning_tokens": o.reasoning_tokens}}
+
+    # -- chat completions -------------------------------------------------------------------
+
+    def chat_generation(self, req: ChatCompletionRequest) -> Generation:
+        self.check_model(req.model)
+        if req.n != 1:
+            raise APIError(400, "only n=1 is supported", param="n")
+        if req.logprobs:
+            raise APIError(400, "logprobs are not supported", param="logprobs")
+        if req.response_format and req.response_format.get("type") not in (None, "text"):
+            raise APIError(400, f"response_format {req.response_format.get('type')!r} is not supported",
+                           param="response_format")
+        return self.prepare(req.messages, tools=req.tools, tool_choice=req.tool_choice, effort=req.reasoning_effort,
+                            max_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature,
+                            top_p=req.top_p, seed=req.seed, stop=req.stop)
+
+    async def chat(self, req: ChatCompletionRequest, is_disconnected) -> dict[str, Any]:
+        gen = self.chat_generation(req)
+        outcome = None
+        async for item in self.run(gen, self.submit(gen), is_disconnected):
+            if isinstance(item, Outcome):
+                outcome = item
+        assert outcome is not None
+        msg = chat_message(outcome.turn)
+        return {
+            "id": "chatcmpl-" + new_id("x")[2:], "object": "chat.completion", "created": int(time.time()),
+            "model": req.model, "system_fingerprint": None,
+            "choices": [{"index": 0, "message": msg, "finish_reason": outcome.finish_reason, "logprobs": None}],
+            "usage": self.usage_chat(outcome),
+        }
+
+    async def chat_stream(self, req: ChatCompletionRequest, gen: Generation, job: Job,
+                          is_disconnected) -> AsyncIterator[str]:
+        cid, created = "chatcmpl-" + new_id("x")[2:], int(time.time())
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: Optional[str] = None) -> str:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "system_fingerprint": None,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            return f"data: {json.dumps(body)}\n\n"
+
+        mapper = ChatStreamMapper()
+        yield chunk({"role": "assistant", "content": ""})
+        async for item in self.run(gen, job, is_disconnected, mapper):
+            if isinstance(item, Outcome):
+                yield chunk({}, item.finish_reason)
+                if include_usage:
+                    body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                            "choices": [], "usage": self.usage_chat(item)}
+                    yield f"data: {json.dumps(body)}\n\n"
+            else:
+                yield chunk(item)
+        yield "data: [DONE]\n\n"
+
+    # -- responses --------------------------------------------------------------------------
+
+    def _input_messages(self, req: ResponsesRequest) -> list[dict[str, Any]]:
+        history: list[dict[str, Any]] = []
+        if req.previous_response_id is not None:
+            stored = self.responses.get(req.previous_response_id)
+            if stored is None:
+                raise APIError(404, f"Previous response {req.previous_response_id!r} not found (the server keeps "
+                               f"the last {self.responses.capacity} in memory)", param="previous_response_id")
+            history = [dict(m) for m in stored]
+        items = [{"role": "user", "content": req.input}] if isinstance(req.input, str) else req.input
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise APIError(400, f"input[{i}] must be an object", param="input")
+            kind = item.get("type", "message")
+            if kind == "message":
+                history.append({"role": item.get("role", "user"), "content": item.get("content")})
+            elif kind == "function_call":
+                call = {"id": item.get("call_id"), "type": "function",
+                        "function": {"name": item.get("name"), "arguments": item.get("arguments", "")}}
+                if history and history[-1].get("role") == "assistant" and not history[-1].get("content") \
+                        and "harmony_messages" not in history[-1]:
+                    history[-1].setdefault("tool_calls", []).append(call)
+                else:
+                    history.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            elif kind == "function_call_output":
+                out = item.get("output")
+                history.append({"role": "tool", "tool_call_id": item.get("call_id"),
+                                "content": out if isinstance(out, str) else json.dumps(out)})
+            elif kind == "reasoning":
+                text = "".join(c.get("text", "") for c in item.get("content") or [] if isinstance(c, dict))
+                history.append({"role": "assistant", "reasoning": text, "content": None})
+            else:
+                raise APIError(400, f"input[{i}]: unsupported item type {kind!r}", param="input")
+        return history
+
+    def responses_generation(self, req: ResponsesRequest) -> Generation:
+        self.check_model(req.model)
+        messages = self._input_messages(req)
+        if req.instructions:
+            messages = [{"role": "system", "content": req.instructions}] + messages
+        effort = (req.reasoning or {}).get("effort")
+        return self.prepare(messages, tools=req.tools, tool_choice=req.tool_choice, effort=effort,
+                            max_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p,
+                            seed=req.seed)
+
+    def _response_object(self, rid: str, req: ResponsesRequest, status: str, output: list[dict[str, Any]],
+                         outcome: Optional[Outcome]) -> dict[str, Any]:
+        incomplete = None
+        if outcome is not None and outcome.finish_reason == "length":
+            status, incomplete = "incomplete", {"reason": "max_output_tokens"}
+        usage = None
+        if outcome is not None:
+            s = outcome.stats
+            usage = {"input_tokens": s.prompt_tokens, "output_tokens": s.generated_tokens,
+                     "total_tokens": s.prompt_tokens + s.generated_tokens,
+                     "input_tokens_details": {"cached_tokens": s.reused_tokens},
+                     "output_tokens_details": {"reasoning_tokens": outcome.reasoning_tokens}}
+        return {
+            "id": rid, "object": "response", "created_at": time.time(), "status": status, "model": req.model,
+            "output": output, "usage": usage, "incomplete_details": incomplete, "error": None,
+            "instructions": req.instructions, "previous_response_id": req.previous_response_id,
+            "tools": req.tools or [], "tool_choice": req.tool_choice or "auto", "parallel_tool_calls": False,
+            "reasoning": {"effort": (req.reasoning or {}).get("effort", "medium"), "summary": None},
+            "temperature": req.temperature, "top_p": req.top_p, "max_output_tokens": req.max_output_tokens,
+            "text": {"format": {"type": "text"}}, "truncation": "disabled", "metadata": req.metadata or {},
+        }
+
+    def _store(self, rid: str, gen: Generation, outcome: Outcome) -> None:
+        msg = chat_message(outcome.turn, include_raw=True)
+        if not all(h["stop"] in ("end", "return", "call") for h in outcome.turn.harmony_messages):
+            msg.pop("harmony_messages", None)
+        conv = [m for m in gen.messages if m.get("role") != "system"] + [msg]
+        self.responses.put(rid, conv)
+
+    async def respond(self, req: ResponsesRequest, is_disconnected) -> dict[str, Any]:
+        gen = self.responses_generation(req)
+        outcome = None
+        async for item in self.run(gen, self.submit(gen), is_disconnected):
+            if isinstance(item, Outcome):
+                outcome = item
+        assert outcome is not None
+        rid = new_id("resp")
+        self._store(rid, gen, outcome)
+        return self._response_object(rid, req, "completed", responses_items(outcome.turn), outcome)
+
+    async def respond_stream(self, req: ResponsesRequest, gen: Generation, job: Job,
+                             is_disconnected) -> AsyncIterator[str]:
+        rid = new_id("resp")
+        seq = 0
+
+        def sse(event: dict[str, Any]) -> str:
+            nonlocal seq
+            event = dict(event, sequence_number=seq)
+            seq += 1
+            return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+
+        mapper = ResponsesStreamMapper()
+        yield sse({"type": "response.created", "response": self._response_object(rid, req, "in_progress", [], None)})
+        yield sse({"type": "response.in_progress", "response": self._response_object(rid, req, "in_progress", [], None)})
+        outcome = None
+        async for item in self.run(gen, job, is_disconnected, mapper):
+            if isinstance(item, Outcome):
+                outcome = item
+            else:
+                yield sse(item)
+        for tail in mapper(Done("stop")):  # close an item left open by a stop-string cut
+            yield sse(tail)
+        assert outcome is not None
+        self._store(rid, gen, outcome)
+        final = self._response_object(rid, req, "completed", mapper.items, outcome)
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        yield sse({"type": kind, "response": final})

@@ -1,0 +1,41 @@
+"""Run the real app under uvicorn on 127.0.0.1 and a free port, in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import uvicorn
+
+from server.app import create_app
+from server.openai_api import OpenAIService
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(service: OpenAIService, api_key: Optional[str] = None) -> Iterator[str]:
+    port = free_port()
+    config = uvicorn.Config(create_app(service, api_key=api_key), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        service.scheduler.close()
