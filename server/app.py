@@ -16,6 +16,13 @@ from .openai_api import OpenAIService
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+async def _streaming_disconnect_check() -> bool:
+    """Streams are not polled: Starlette's StreamingResponse watches the connection itself and
+    cancels the stream when the client leaves; polling `receive` beside it would compete with that
+    watcher for the same ASGI messages."""
+    return False
+
+
 def _error(status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
            param: Optional[str] = None) -> JSONResponse:
     return JSONResponse(APIError(status, message, type=type_, code=code, param=param).body(), status_code=status)
@@ -74,7 +81,7 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None) -> FastAPI
             return await service.chat(body, request.is_disconnected)
         gen = service.chat_generation(body)
         job = service.submit(gen)
-        return StreamingResponse(service.chat_stream(body, gen, job, request.is_disconnected),
+        return StreamingResponse(service.chat_stream(body, gen, job, _streaming_disconnect_check),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
 
     @app.post("/v1/responses")
@@ -83,7 +90,7 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None) -> FastAPI
             return await service.respond(body, request.is_disconnected)
         gen = service.responses_generation(body)
         job = service.submit(gen)
-        return StreamingResponse(service.respond_stream(body, gen, job, request.is_disconnected),
+        return StreamingResponse(service.respond_stream(body, gen, job, _streaming_disconnect_check),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
 
     return app

@@ -174,7 +174,8 @@ def test_queue_full_is_429(tiny_runtime):
     with live_server(service) as url:
         body = {"model": "q", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000, "stream": True}
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as running:
-            next(running.iter_lines())
+            lines = running.iter_lines()  # keep the iterator: dropping it would close the stream
+            next(lines)
             deadline = time.time() + 10
             while service.scheduler.running is None and time.time() < deadline:
                 time.sleep(0.02)
