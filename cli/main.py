@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import chat, checkpoints, generate, serve
+from . import chat, checkpoints, doctor, generate, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +17,7 @@ checkpoints.register(cli)
 generate.register(cli)
 chat.register(cli)
 serve.register(cli)
+doctor.register(cli)
 
 
 def main() -> None:

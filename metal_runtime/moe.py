@@ -3,12 +3,12 @@
 Experts are stored in the runtime layout (uint32 MXFP4 words, uint8 E8M0 scales, float biases)
 and never dequantized as a whole. The block picks an evaluation path per call:
 
-- ``kernels``: the fused Metal kernels of `metal_runtime.kernels` (decode, on Metal, when their
-  self-test passed);
-- ``gather``: MLX's `gather_qmm` (the kernels' twin, and the path for few tokens elsewhere);
+- decode (up to 8 tokens): the fused Metal kernels of `metal_runtime.kernels` where they passed
+  their self-test, else their MLX twins (float32 inside);
 - ``sorted``: `gather_qmm` over tokens sorted by expert (prefill on GPU backends);
 - ``host``: on the CPU backend, prefill dequantizes each used expert once and multiplies on the
   host BLAS (numpy's OpenBLAS), because the CPU wheel's MXFP4 matmul is a scalar loop.
+GPTOSS_EXPERT_PATH=twin|sorted|host forces a path (tests use it to compare them).
 
 The expert set is a parameter (`num_experts` of this block), not a constant, so expert-parallel
 sharding can later give each rank a slice.
@@ -17,16 +17,17 @@ sharding can later give each rank a slice.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .backend import backend_name
+from .kernels.runtime import MAX_KERNEL_TOKENS, default_kernels, twin_experts
+from .kernels.twins import route_twin
 
 GROUP = 32
-SORTED_MIN_ROWS = 64  # token*expert pairs from which sorting by expert pays off
-HOST_MIN_ROWS = 16  # CPU backend: pairs from which dequantize + host BLAS beats gather_qmm
+HOST_MIN_ROWS = 16  # CPU backend: token*expert pairs from which dequantize + host BLAS pays off
+TWIN_ROUTE_MAX = 1 << 22  # route_twin compares all expert pairs: N * E * E booleans
 
 
 def swiglu(gate: mx.array, up: mx.array, limit: float, alpha: float = 1.702) -> mx.array:
@@ -36,9 +37,14 @@ def swiglu(gate: mx.array, up: mx.array, limit: float, alpha: float = 1.702) -> 
     return g * mx.sigmoid(alpha * g) * (u + 1)
 
 
-def route_topk_softmax(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
-    """Top-k expert indices and the softmax of their logits (softmax over those k only)."""
-    idx = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]
+def route(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """Top-k expert ids and softmax weights over those k. Ties go to the lower id (kernel semantics)."""
+    n, e = logits.shape
+    if n <= MAX_KERNEL_TOKENS:
+        return default_kernels().route(logits, k)
+    if n * e * e <= TWIN_ROUTE_MAX:
+        return route_twin(logits, k)
+    idx = mx.argpartition(-logits, kth=k - 1, axis=-1)[..., :k]  # large prefill: ties unordered
     vals = mx.take_along_axis(logits, idx, axis=-1)
     return idx.astype(mx.uint32), mx.softmax(vals.astype(mx.float32), axis=-1, precise=True)
 
@@ -59,18 +65,6 @@ class MXFP4Projection(nn.Module):
         )
 
 
-# A fused implementation of the whole expert computation may replace the twin per call:
-# fn(x [N, H], idx [N, k], weights [N, k], experts) -> [N, H] or None to decline.
-FusedExperts = Callable[[mx.array, mx.array, mx.array, "SwitchMXFP4GLU"], Optional[mx.array]]
-_fused_provider: Optional[Callable[[], Optional[FusedExperts]]] = None
-
-
-def set_fused_provider(provider: Optional[Callable[[], Optional[FusedExperts]]]) -> None:
-    """Install the source of fused expert kernels (metal_runtime.kernels does, on Metal)."""
-    global _fused_provider
-    _fused_provider = provider
-
-
 class SwitchMXFP4GLU(nn.Module):
     """All experts of one layer; computes sum_k w_k * (down_k(swiglu(gate_k x, up_k x)) + b_k)."""
 
@@ -83,42 +77,28 @@ class SwitchMXFP4GLU(nn.Module):
         self.up_proj = MXFP4Projection(num_experts, hidden, intermediate)
         self.down_proj = MXFP4Projection(num_experts, intermediate, hidden)
 
-    def path_for(self, n_pairs: int) -> str:
+    def path_for(self, n_tokens: int, n_pairs: int) -> str:
         forced = os.environ.get("GPTOSS_EXPERT_PATH")
-        if forced in ("gather", "sorted", "host"):
+        if forced in ("twin", "sorted", "host"):
             return forced
+        if n_tokens <= MAX_KERNEL_TOKENS:
+            return "decode"
         if backend_name() == "cpu":
-            return "host" if n_pairs >= HOST_MIN_ROWS else "gather"
-        return "sorted" if n_pairs >= SORTED_MIN_ROWS else "gather"
+            return "host" if n_pairs >= HOST_MIN_ROWS else "twin"
+        return "sorted"
 
     def __call__(self, x: mx.array, idx: mx.array, weights: mx.array) -> mx.array:
         """x [N, H], idx [N, k] uint32, weights [N, k] float32 -> [N, H] in x's dtype."""
-        n_pairs = idx.size
-        if _fused_provider is not None and n_pairs <= 32:
-            fused = _fused_provider()
-            if fused is not None:
-                out = fused(x, idx, weights, self)
-                if out is not None:
-                    return out
-        path = self.path_for(n_pairs)
+        path = self.path_for(x.shape[0], idx.size)
+        if path == "decode":
+            return default_kernels().experts(x, idx, weights, self)
         if path == "host":
             from .host_experts import host_experts
 
             return host_experts(x, idx, weights, self)
         if path == "sorted":
             return self._sorted(x, idx, weights)
-        return self._gather(x, idx, weights)
-
-    def _activate(self, xg: mx.array, idx: mx.array, sorted_indices: bool) -> mx.array:
-        g = self.gate_proj.gather(xg, idx, sorted_indices) + self.gate_proj.bias[idx][..., None, :]
-        u = self.up_proj.gather(xg, idx, sorted_indices) + self.up_proj.bias[idx][..., None, :]
-        return swiglu(g, u, self.limit, self.alpha)
-
-    def _gather(self, x: mx.array, idx: mx.array, weights: mx.array) -> mx.array:
-        xg = x[:, None, None, :]  # [N, 1, 1, H] broadcast over the k experts
-        a = self._activate(xg, idx, False)  # [N, k, 1, I]
-        d = self.down_proj.gather(a, idx) + self.down_proj.bias[idx][..., None, :]  # [N, k, 1, H]
-        return (d.squeeze(-2) * weights[..., None].astype(d.dtype)).sum(axis=1)
+        return twin_experts(x, idx, weights, self)
 
     def _sorted(self, x: mx.array, idx: mx.array, weights: mx.array) -> mx.array:
         N, k = idx.shape
@@ -148,5 +128,5 @@ class MLPBlock(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        idx, w = route_topk_softmax(self.router(flat), self.experts_per_token)
+        idx, w = route(self.router(flat), self.experts_per_token)
         return self.experts(flat, idx, w).reshape(shape)

@@ -1,0 +1,191 @@
+"""Choosing kernel or twin: build the Metal kernels, self-test them on first use, fall back loudly once.
+
+GPTOSS_KERNELS=auto (default): kernels on Metal, twins elsewhere; =off: always twins;
+=on: kernels even where a self-test failed (for debugging; errors then propagate).
+
+Each kernel is self-tested the first time it is used with a given configuration (template
+arguments and dtypes): kernel and twin run on random inputs of that configuration (the experts
+kernels on the layer's own weights) and must agree. A compile error or a mismatch disables that
+kernel configuration with one warning, and its twin runs instead. `status()` is what
+`gptoss doctor` shows.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import mlx.core as mx
+
+from ..backend import backend_name
+from . import sources
+from .twins import experts_down_twin, experts_up_twin, route_twin
+
+# executor(spec) -> callable with mx.fast.metal_kernel's call signature, returning output arrays
+Executor = Callable[[sources.KernelSpec], Callable[..., list]]
+MAX_KERNEL_TOKENS = 8  # the kernels are decode kernels (1..8 tokens)
+
+
+def metal_executor(spec: sources.KernelSpec) -> Callable[..., list]:
+    return mx.fast.metal_kernel(name=spec.name, input_names=list(spec.input_names),
+                                output_names=list(spec.output_names), source=spec.source, header=spec.header)
+
+
+def _max_err(a: mx.array, b: mx.array) -> float:
+    return float(mx.abs(a.astype(mx.float32) - b.astype(mx.float32)).max())
+
+
+def _agrees(got: mx.array, want: mx.array, rtol: float = 1e-3) -> tuple[bool, float]:
+    err = _max_err(got, want)
+    scale = float(mx.abs(want.astype(mx.float32)).max())
+    return bool(err <= rtol * scale + 1e-5), err
+
+
+@dataclass
+class KernelSet:
+    executor: Optional[Executor] = None
+    mode: str = field(default_factory=lambda: os.environ.get("GPTOSS_KERNELS", "auto"))
+    _compiled: dict[str, Any] = field(default_factory=dict)
+    _verdicts: dict[tuple, tuple[bool, str]] = field(default_factory=dict)
+    warned: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "on", "off"):
+            raise ValueError(f"GPTOSS_KERNELS must be auto, on or off, got {self.mode!r}")
+        if self.executor is None and backend_name() == "metal":
+            self.executor = metal_executor
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "off" and self.executor is not None
+
+    def status(self) -> dict[str, str]:
+        """Per kernel: passed / failed: why / not yet used / skipped: why."""
+        if self.mode == "off":
+            return {k: "skipped: disabled by GPTOSS_KERNELS=off" for k in sources.KERNELS}
+        if self.executor is None:
+            return {k: f"skipped: no Metal ({backend_name()} backend); MLX twin in use" for k in sources.KERNELS}
+        out = {}
+        for k in sources.KERNELS:
+            group = "experts" if k.startswith("experts") else k  # up and down are tested together
+            verdicts = [v for key, v in self._verdicts.items() if key[0] == group]
+            if not verdicts:
+                out[k] = "not used yet"
+            elif all(ok for ok, _ in verdicts):
+                out[k] = "passed"
+            else:
+                out[k] = "failed: " + next(msg for ok, msg in verdicts if not ok)
+        return out
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _kernel(self, name: str):
+        if name not in self._compiled:
+            self._compiled[name] = self.executor(sources.spec(name))
+        return self._compiled[name]
+
+    def _disable(self, key: tuple, why: str) -> None:
+        self._verdicts[key] = (False, why)
+        msg = (f"gptoss: Metal kernel {key[0]} disabled for {key[1:]} ({why}); using its MLX twin. "
+               "Set GPTOSS_KERNELS=off to silence, or report this with `gptoss doctor` output.")
+        self.warned.append(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    def _checked(self, key: tuple, selftest: Callable[[], tuple[bool, str]]) -> bool:
+        """Run the self-test for `key` once; True if the kernel may be used."""
+        if key not in self._verdicts:
+            try:
+                ok, why = selftest()
+            except Exception as e:  # noqa: BLE001 - compile errors and launch failures alike
+                if self.mode == "on":
+                    raise
+                ok, why = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if ok:
+                self._verdicts[key] = (True, why)
+            else:
+                self._disable(key, why)
+        return self._verdicts[key][0] or self.mode == "on"
+
+    # -- router ----------------------------------------------------------------------------
+
+    def _router_call(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
+        n, e = logits.shape
+        launch = sources.router_launch(n, e, k)
+        idx, w = self._kernel("router")(inputs=[logits], output_shapes=[(n, k), (n, k)],
+                                        output_dtypes=[mx.uint32, mx.float32], **launch)
+        return idx, w
+
+    def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
+        n, e = logits.shape
+        key = ("router", e, k, str(logits.dtype))
+        if self.active and n <= MAX_KERNEL_TOKENS:
+            def selftest() -> tuple[bool, str]:
+                probe = mx.random.normal((3, e), key=mx.random.key(7)).astype(logits.dtype)
+                probe[1] = mx.zeros((e,), dtype=logits.dtype)  # all tied: ids 0..k-1
+                ki, kw = self._router_call(probe, k)
+                ti, tw = route_twin(probe, k)
+                if not bool(mx.all(ki == ti)):
+                    return False, "router picks different experts than its twin"
+                ok, err = _agrees(kw, tw)
+                return ok, f"max weight error {err:.2e}"
+
+            if self._checked(key, selftest):
+                return self._router_call(logits, k)
+        return route_twin(logits, k)
+
+    # -- experts ---------------------------------------------------------------------------
+
+    def _experts_call(self, x: mx.array, idx: mx.array, w: mx.array, m) -> mx.array:
+        n, k = idx.shape
+        hidden, inter = x.shape[-1], m.gate_proj.weight.shape[1]
+        up = sources.experts_up_launch(n, k, hidden, inter, m.limit)
+        (act,) = self._kernel("experts_up")(
+            inputs=[x, idx, m.gate_proj.weight, m.gate_proj.scales, m.gate_proj.bias, m.up_proj.weight,
+                    m.up_proj.scales, m.up_proj.bias],
+            output_shapes=[(n, k, inter)], output_dtypes=[mx.float32], **up)
+        down = sources.experts_down_launch(n, k, hidden, inter, x.dtype)
+        (y,) = self._kernel("experts_down")(
+            inputs=[act, idx, w.astype(mx.float32), m.down_proj.weight, m.down_proj.scales, m.down_proj.bias],
+            output_shapes=[(n, hidden)], output_dtypes=[x.dtype], **down)
+        return y
+
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, m) -> mx.array:
+        """y [N, H] for N <= 8 tokens: kernels where they passed their self-test, else the twins."""
+        hidden, inter = x.shape[-1], m.gate_proj.weight.shape[1]
+        key = ("experts", hidden, inter, m.num_experts, idx.shape[-1], str(x.dtype))
+        if self.active and idx.shape[0] <= MAX_KERNEL_TOKENS:
+            def selftest() -> tuple[bool, str]:
+                probe = mx.random.normal((2, hidden), key=mx.random.key(11)).astype(x.dtype)
+                pidx = (mx.arange(2 * idx.shape[-1]).reshape(2, -1) % m.num_experts).astype(mx.uint32)
+                pw = mx.softmax(mx.random.normal(pidx.shape, key=mx.random.key(12)), axis=-1)
+                got = self._experts_call(probe, pidx, pw, m)
+                want = twin_experts(probe, pidx, pw, m)
+                ok, err = _agrees(got, want, rtol=1e-2 if x.dtype != mx.float32 else 1e-3)
+                return ok, f"max error {err:.2e} vs twin"
+
+            if self._checked(key, selftest):
+                return self._experts_call(x, idx, w, m)
+        return twin_experts(x, idx, w, m)
+
+
+def twin_experts(x: mx.array, idx: mx.array, w: mx.array, m) -> mx.array:
+    act = experts_up_twin(x, idx, m.gate_proj, m.up_proj, m.limit, m.alpha)
+    return experts_down_twin(act, idx, w, m.down_proj, x.dtype)
+
+
+_DEFAULT: Optional[KernelSet] = None
+
+
+def default_kernels() -> KernelSet:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = KernelSet()
+    return _DEFAULT
+
+
+def set_default_kernels(kernels: Optional[KernelSet]) -> None:
+    """Install a KernelSet (tests install one backed by the CPU harness); None resets."""
+    global _DEFAULT
+    _DEFAULT = kernels

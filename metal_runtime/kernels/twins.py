@@ -1,0 +1,48 @@
+"""MLX-op twins of the Metal kernels: the same results, computed with ordinary MLX operations.
+
+They define what the kernels must compute (the tests compare kernels against them) and they are
+what runs wherever the kernels do not (Linux, CUDA, or a kernel that failed its self-test).
+Arithmetic is float32 inside, like the kernels.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+GROUP = 32
+
+
+def route_twin(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """Top-k ids (ties -> lower id, rank order) and softmax over the k logits. logits [N, E]."""
+    lg = logits.astype(mx.float32)
+    n_experts = lg.shape[-1]
+    ids = mx.arange(n_experts)
+    a = lg[..., :, None]  # the expert being ranked
+    b = lg[..., None, :]  # its competitors
+    beats = (b > a) | ((b == a) & (ids[None, :] < ids[:, None]))
+    rank = beats.sum(axis=-1)  # [N, E]: how many experts come before this one
+    sel = mx.argmax(rank[..., None, :] == mx.arange(k)[:, None], axis=-1).astype(mx.uint32)  # [N, k]
+    vals = mx.take_along_axis(lg, sel, axis=-1)
+    return sel, mx.softmax(vals, axis=-1, precise=True)
+
+
+def _gather_f32(x: mx.array, weight: mx.array, scales: mx.array, idx: mx.array) -> mx.array:
+    return mx.gather_qmm(x, weight, scales, None, rhs_indices=idx, transpose=True, group_size=GROUP, bits=4,
+                         mode="mxfp4")
+
+
+def experts_up_twin(x: mx.array, idx: mx.array, gate, up, limit: float, alpha: float = 1.702) -> mx.array:
+    """act [N, k, I] (float32) = swiglu(gate_e x + b, up_e x + b) for each token and its k experts."""
+    xf = x.astype(mx.float32)[:, None, None, :]
+    g = _gather_f32(xf, gate.weight, gate.scales, idx).squeeze(-2) + gate.bias[idx].astype(mx.float32)
+    u = _gather_f32(xf, up.weight, up.scales, idx).squeeze(-2) + up.bias[idx].astype(mx.float32)
+    g = mx.minimum(g, limit)
+    u = mx.clip(u, -limit, limit)
+    return g * mx.sigmoid(alpha * g) * (u + 1.0)
+
+
+def experts_down_twin(act: mx.array, idx: mx.array, weights: mx.array, down, out_dtype) -> mx.array:
+    """y [N, H] = sum_k weights[:, k] * (down_e act[:, k] + b_e), in `out_dtype`."""
+    d = _gather_f32(act[:, :, None, :], down.weight, down.scales, idx).squeeze(-2)
+    d = d + down.bias[idx].astype(mx.float32)
+    return (d * weights.astype(mx.float32)[..., None]).sum(axis=1).astype(out_dtype)
