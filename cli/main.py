@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import chat, checkpoints, doctor, generate, serve
+from . import bench, chat, checkpoints, doctor, generate, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +18,7 @@ generate.register(cli)
 chat.register(cli)
 serve.register(cli)
 doctor.register(cli)
+bench.register(cli)
 
 
 def main() -> None:

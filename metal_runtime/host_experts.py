@@ -21,14 +21,27 @@ _FP4 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -
 _PAIRS = np.stack([_FP4[np.arange(256) & 15], _FP4[np.arange(256) >> 4]], axis=-1)
 
 
-def dequantize_expert(proj: "MXFP4Projection", e: int) -> np.ndarray:
-    """Float32 [out, in] weights of expert `e` (bit-exact MXFP4 decode)."""
+ROW_BLOCK = 256  # output rows dequantized at a time: bounds the float32 copy (~3 MB at H = 2880)
+
+
+def dequantize_rows(words: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Float32 [rows, in] from MXFP4 words [rows, in/8] and E8M0 scales [rows, in/32] (bit-exact)."""
+    rows, n_groups = scales.shape
+    vals = _PAIRS[words.view(np.uint8)].reshape(rows, n_groups, 32)
+    vals *= np.ldexp(np.float32(1.0), scales.astype(np.int32) - 127)[..., None]
+    return vals.reshape(rows, n_groups * 32)
+
+
+def matmul_expert(h: np.ndarray, proj: "MXFP4Projection", e: int) -> np.ndarray:
+    """h [t, in] @ W_e^T + b_e, dequantizing W_e block by block (peak memory stays small)."""
     words = np.asarray(proj.weight[e])
     scales = np.asarray(proj.scales[e])
-    out_dims, n_groups = scales.shape
-    vals = _PAIRS[words.view(np.uint8)].reshape(out_dims, n_groups, 32)
-    vals *= np.ldexp(np.float32(1.0), scales.astype(np.int32) - 127)[..., None]
-    return vals.reshape(out_dims, n_groups * 32)
+    out = np.empty((h.shape[0], words.shape[0]), dtype=np.float32)
+    for r0 in range(0, words.shape[0], ROW_BLOCK):
+        r1 = min(r0 + ROW_BLOCK, words.shape[0])
+        out[:, r0:r1] = h @ dequantize_rows(words[r0:r1], scales[r0:r1]).T
+    out += _bias(proj, e)
+    return out
 
 
 def _bias(proj: "MXFP4Projection", e: int) -> np.ndarray:
@@ -44,11 +57,9 @@ def host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: "Switch
     for e in np.unique(ids):
         rows, slots = np.nonzero(ids == e)
         h = xs[rows]
-        g = h @ dequantize_expert(experts.gate_proj, int(e)).T + _bias(experts.gate_proj, int(e))
-        u = h @ dequantize_expert(experts.up_proj, int(e)).T + _bias(experts.up_proj, int(e))
-        g = np.minimum(g, limit)
-        u = np.clip(u, -limit, limit)
+        g = np.minimum(matmul_expert(h, experts.gate_proj, int(e)), limit)
+        u = np.clip(matmul_expert(h, experts.up_proj, int(e)), -limit, limit)
         a = g / (1.0 + np.exp(-alpha * g)) * (u + 1.0)
-        d = a @ dequantize_expert(experts.down_proj, int(e)).T + _bias(experts.down_proj, int(e))
+        d = matmul_expert(a, experts.down_proj, int(e))
         np.add.at(out, rows, d * ws[rows, slots][:, None])
     return mx.array(out).astype(x.dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -20,24 +20,10 @@ from metal_runtime.prompt_cache import PromptCache
 
 
 @dataclass
-class TurnStats:
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    prefilled_tokens: int = 0
-    generated_tokens: int = 0
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    finish_reason: Optional[str] = None
-    generated: list[int] = field(default_factory=list)
+class TurnStats(GenerationStats):
+    """One generation as the engine ran it: the loop's numbers plus prompt reuse."""
 
-    @property
-    def prefill_tps(self) -> float:
-        return self.prefilled_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
-
-    @property
-    def decode_tps(self) -> float:
-        n = self.generated_tokens - 1
-        return n / self.decode_seconds if self.decode_seconds > 0 and n > 0 else 0.0
+    reused_tokens: int = 0  # prompt tokens that were already in the cache
 
     def summary(self) -> str:
         return (f"prefill {self.prefilled_tokens} tok ({self.prefill_tps:.1f} tok/s), "
@@ -116,4 +102,5 @@ class Engine:
             stats.decode_seconds = gen.decode_seconds
             stats.generated_tokens = len(generated)
             stats.generated = generated
-            stats.finish_reason = gen.finish_reason
+            stats.finish_reason, stats.stop_token = gen.finish_reason, gen.stop_token
+            stats.first_token_seconds = stats.prefill_seconds
