@@ -46,6 +46,13 @@ def _check_layout(directory: Path, weights: dict[str, mx.array]) -> None:
         raise ModelLoadError(
             f"{directory} is an unconverted checkpoint; run `gptoss convert {directory} DST` once, then load DST"
         )
+    requantized = sorted(n for n in names if ".mlp.experts." in n and n.endswith(".biases"))
+    if requantized:
+        raise ModelLoadError(
+            f"{directory}: its experts were re-quantized with affine quantization ({requantized[0]}); gptoss runs "
+            "gpt-oss's original MXFP4 experts. Convert from openai/gpt-oss-20b (or an MXFP4 MLX build such as "
+            "*-MXFP4-Q8) instead."
+        )
 
 
 def _quant_params(path: str, module: nn.Module, weights: dict[str, mx.array], overrides: dict[str, dict]):

@@ -161,3 +161,47 @@ def test_independent_checkpoint_logits_match_reference(tmp_path):
     got = _np(model(mx.array([seq])))[0]
     want = Reference(tmp_path / "indep").logits(seq)
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_mlx_community_style_q8_folder_loads(tmp_path, tiny_original, tiny_runtime):
+    """A *-MXFP4-Q8 style folder: only a top-level affine quantization entry, router quantized too;
+    every module's quantization is inferred from its tensors (as mlx-lm does)."""
+    import json
+
+    import mlx.nn as nn
+
+    from converters import convert
+
+    convert(tiny_original, tmp_path / "q8", quantize_dense="q8")
+    cfg = json.loads((tmp_path / "q8" / "config.json").read_text())
+    cfg["quantization"] = cfg["quantization_config"] = {"group_size": 64, "bits": 8}
+    (tmp_path / "q8" / "config.json").write_text(json.dumps(cfg))
+    f = tmp_path / "q8" / "model.safetensors"
+    w = mx.load(str(f))
+    for n in range(4):
+        p = f"model.layers.{n}.mlp.router"
+        qw, qs, qb = mx.quantize(w.pop(f"{p}.weight"), group_size=64, bits=8)
+        w |= {f"{p}.weight": qw, f"{p}.scales": qs, f"{p}.biases": qb}
+    mx.save_safetensors(str(f), w)
+    (tmp_path / "q8" / "model.safetensors.index.json").unlink()
+    model = load(tmp_path / "q8", dtype="float32")
+    assert isinstance(model.layers[0].mlp.router, nn.QuantizedLinear)
+    assert isinstance(model.layers[0].self_attn.q_proj, nn.QuantizedLinear)
+    assert isinstance(model.model.embed_tokens, nn.QuantizedEmbedding)
+    ref = load(tiny_runtime, dtype="float32")
+    got, want = _np(model(mx.array([SEQ[:12]])))[0], _np(ref(mx.array([SEQ[:12]])))[0]
+    assert np.isfinite(got).all()
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_requantized_experts_are_refused_with_a_clear_message(tmp_path, tiny_runtime):
+    import shutil
+
+    shutil.copytree(tiny_runtime, tmp_path / "m")
+    f = tmp_path / "m" / "model.safetensors"
+    w = mx.load(str(f))
+    w["model.layers.0.mlp.experts.gate_proj.biases"] = mx.zeros((8, 64, 1))
+    mx.save_safetensors(str(f), w)
+    (tmp_path / "m" / "model.safetensors.index.json").unlink()
+    with pytest.raises(ModelLoadError, match="re-quantized with affine"):
+        load(tmp_path / "m")
