@@ -84,12 +84,20 @@ class AssistantTurn:
         return self
 
     @property
+    def exact_history(self) -> Optional[list[dict]]:
+        """The raw messages, if every one of them closed properly (else history must be re-rendered)."""
+        msgs = self.harmony_messages
+        if msgs and all(m["stop"] in ("end", "return", "call") for m in msgs):
+            return msgs
+        return None
+
+    @property
     def visible_text(self) -> str:
         """What a chat user sees: the final answer, else the preamble."""
         return self.content or self.preamble
 
 
-def chat_message(turn: AssistantTurn, *, include_raw: bool = False) -> dict[str, Any]:
+def chat_message(turn: AssistantTurn) -> dict[str, Any]:
     """A Chat Completions assistant message (`reasoning_content` as vLLM/DeepSeek-style extension)."""
     msg: dict[str, Any] = {"role": "assistant", "content": turn.visible_text or None}
     if turn.reasoning:
@@ -99,8 +107,6 @@ def chat_message(turn: AssistantTurn, *, include_raw: bool = False) -> dict[str,
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in turn.tool_calls
         ]
-    if include_raw:
-        msg["harmony_messages"] = turn.harmony_messages
     return msg
 
 

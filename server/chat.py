@@ -22,7 +22,6 @@ from .tools.functions import FunctionRegistry
 from .tools.python_tool import PythonTool
 
 SAVE_VERSION = 1
-COMPLETE_STOPS = ("end", "return", "call")
 
 
 @dataclass
@@ -199,9 +198,8 @@ class ChatSession:
                  "function": {"name": c.name, "arguments": c.arguments}}
                 for c in turn.tool_calls
             ]
-        raw = turn.harmony_messages
-        if raw and all(m["stop"] in COMPLETE_STOPS for m in raw):
-            msg["harmony_messages"] = raw  # exact tokens: the next prompt matches the cache
+        if turn.exact_history:
+            msg["harmony_messages"] = turn.exact_history  # exact tokens: the next prompt matches the cache
         return msg
 
     # -- persistence -------------------------------------------------------------------------

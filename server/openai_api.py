@@ -152,8 +152,8 @@ class OpenAIService:
         return out
 
     def _remember(self, turn: AssistantTurn) -> None:
-        if turn.harmony_messages and all(h["stop"] in ("end", "return", "call") for h in turn.harmony_messages):
-            self.raw.put(_signature(chat_message(turn)), turn.harmony_messages)
+        if turn.exact_history:
+            self.raw.put(_signature(chat_message(turn)), turn.exact_history)
 
     def prepare(self, messages: list[dict[str, Any]], *, tools: Optional[list[dict]], tool_choice: Any,
                 effort: Optional[str], max_tokens: Optional[int], temperature: Optional[float],
@@ -321,13 +321,17 @@ class OpenAIService:
                             max_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature,
                             top_p=req.top_p, seed=req.seed, stop=req.stop)
 
-    async def chat(self, req: ChatCompletionRequest, is_disconnected) -> dict[str, Any]:
-        gen = self.chat_generation(req)
+    async def complete(self, gen: Generation, is_disconnected) -> Outcome:
+        """Run a generation to its end (non-streaming requests)."""
         outcome = None
         async for item in self.run(gen, self.submit(gen), is_disconnected):
             if isinstance(item, Outcome):
                 outcome = item
-        assert outcome is not None
+        assert outcome is not None, "run() always ends with an Outcome"
+        return outcome
+
+    async def chat(self, req: ChatCompletionRequest, is_disconnected) -> dict[str, Any]:
+        outcome = await self.complete(self.chat_generation(req), is_disconnected)
         msg = chat_message(outcome.turn)
         return {
             "id": "chatcmpl-" + new_id("x")[2:], "object": "chat.completion", "created": int(time.time()),
@@ -429,19 +433,15 @@ class OpenAIService:
         }
 
     def _store(self, rid: str, gen: Generation, outcome: Outcome) -> None:
-        msg = chat_message(outcome.turn, include_raw=True)
-        if not all(h["stop"] in ("end", "return", "call") for h in outcome.turn.harmony_messages):
-            msg.pop("harmony_messages", None)
+        msg = chat_message(outcome.turn)
+        if outcome.turn.exact_history:
+            msg["harmony_messages"] = outcome.turn.exact_history
         conv = [m for m in gen.messages if m.get("role") != "system"] + [msg]
         self.responses.put(rid, conv)
 
     async def respond(self, req: ResponsesRequest, is_disconnected) -> dict[str, Any]:
         gen = self.responses_generation(req)
-        outcome = None
-        async for item in self.run(gen, self.submit(gen), is_disconnected):
-            if isinstance(item, Outcome):
-                outcome = item
-        assert outcome is not None
+        outcome = await self.complete(gen, is_disconnected)
         rid = new_id("resp")
         self._store(rid, gen, outcome)
         return self._response_object(rid, req, "completed", responses_items(outcome.turn), outcome)
