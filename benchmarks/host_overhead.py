@@ -33,7 +33,7 @@ class StubModel:
         self.i = 0
 
     def make_cache(self, trim_slack: int = 0) -> ModelCache:
-        return ModelCache([], 128, 1 << 30)
+        return ModelCache([], 128)
 
     def __call__(self, tokens, cache=None):
         row = self.rows[self.i % len(self.rows)]

@@ -6,7 +6,6 @@ import functools
 import sys
 from typing import Any, Callable
 
-import click
 from rich.console import Console
 from rich.markup import escape
 
@@ -46,7 +45,3 @@ def handle_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
 
     return wrapper
-
-
-def fail(message: str) -> None:
-    raise click.ClickException(message)

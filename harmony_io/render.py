@@ -19,7 +19,7 @@ import datetime as _dt
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 from openai_harmony import (
     Author,
@@ -32,7 +32,6 @@ from openai_harmony import (
     Role,
     SystemContent,
     ToolDescription,
-    ToolNamespaceConfig,
 )
 
 from .errors import HarmonyIOError
@@ -346,5 +345,3 @@ def render_tool_result(name: str, content: str, *, channel: str = "commentary", 
 def today() -> str:
     return _dt.date.today().isoformat()
 
-
-Effort = Literal["low", "medium", "high"]

@@ -102,12 +102,12 @@ class SlidingWindowCache:
         self.values: Optional[mx.array] = None
         self.offset = 0
 
-    def _slot_positions(self) -> np.ndarray:
-        """Position held by each slot that update_and_fetch returns (in slot order)."""
-        if self.offset <= self.capacity:
-            return np.arange(self.offset)
+    def _slot_positions(self, offset: int) -> np.ndarray:
+        """Position held by each slot (in slot order) once `offset` positions have been written."""
+        if offset <= self.capacity:
+            return np.arange(offset)
         s = np.arange(self.capacity)
-        return s + self.capacity * ((self.offset - 1 - s) // self.capacity)
+        return s + self.capacity * ((offset - 1 - s) // self.capacity)
 
     def mask(self, n_new: int) -> Mask:
         """Mask for the keys the next update_and_fetch(n_new tokens) will return."""
@@ -115,18 +115,9 @@ class SlidingWindowCache:
             held = min(self.offset + 1, self.capacity)
             if held <= self.window:
                 return None  # every held position is inside the window
-            pos = self._positions_after_single_write()
-            return _window_mask(self.offset, 1, pos, self.window)
-        pos = np.concatenate([self._slot_positions(), np.arange(self.offset, self.offset + n_new)])
+            return _window_mask(self.offset, 1, self._slot_positions(self.offset + 1), self.window)
+        pos = np.concatenate([self._slot_positions(self.offset), np.arange(self.offset, self.offset + n_new)])
         return _window_mask(self.offset, n_new, pos, self.window)
-
-    def _positions_after_single_write(self) -> np.ndarray:
-        saved = self.offset
-        self.offset += 1
-        try:
-            return self._slot_positions()
-        finally:
-            self.offset = saved
 
     def _write(self, k: mx.array, v: mx.array, first_pos: int) -> None:
         """Write consecutive positions first_pos.. (at most `capacity` of them) into their slots."""
@@ -210,12 +201,11 @@ class CacheSnapshot:
 class ModelCache:
     """The per-layer caches of one sequence batch, moved together."""
 
-    def __init__(self, layer_types: list[str], window: int, max_positions: int, trim_slack: int = 0):
+    def __init__(self, layer_types: list[str], window: int, trim_slack: int = 0):
         self.layers: list[LayerCache] = [
             SlidingWindowCache(window, trim_slack) if t == "sliding_attention" else FullCache()
             for t in layer_types
         ]
-        self.max_positions = max_positions
         self._sliding = next((c for c in self.layers if isinstance(c, SlidingWindowCache)), None)
         self._full = next((c for c in self.layers if isinstance(c, FullCache)), None)
 

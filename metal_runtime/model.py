@@ -113,8 +113,7 @@ class Model(nn.Module):
         return self.model.layers
 
     def make_cache(self, trim_slack: int = 0) -> ModelCache:
-        return ModelCache(self.model.layer_types, self.args.sliding_window,
-                          self.args.max_position_embeddings, trim_slack)
+        return ModelCache(self.model.layer_types, self.args.sliding_window, trim_slack)
 
     def hidden_states(self, tokens: mx.array, cache: Optional[ModelCache] = None) -> mx.array:
         B, T = tokens.shape

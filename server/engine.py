@@ -7,7 +7,6 @@ through the stream parser. A turn reports how many prompt tokens it reused and p
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,6 @@ class Engine:
         self.model = model
         self.model_id = model_id
         self.prompt_cache = PromptCache(model, max_snapshots=max_snapshots)
-        self.lock = threading.Lock()  # one generation at a time per engine
 
     @classmethod
     def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None) -> "Engine":
@@ -74,7 +72,6 @@ class Engine:
         parser = StreamParser(tools)
         forced_events = [e for t in forced_prefix for e in parser.feed(t)]
         gen = GenerationStats()
-        generated: list[int] = []
         t0 = t1 = time.perf_counter()
         try:
             prefill(self.model, reuse.to_feed[:-1], pc.cache)
@@ -86,7 +83,6 @@ class Engine:
             for tok in generate(self.model, reuse.to_feed[-1:], max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p, seed=seed, stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids),
                                 cache=pc.cache, stats=gen):
-                generated.append(tok)
                 if should_stop is not None and should_stop():
                     return
                 events = parser.feed(tok)
@@ -96,11 +92,11 @@ class Engine:
                 yield from parser.finish("length" if gen.finish_reason == "length" else "stop")
         finally:
             # whatever happened (stop, length, Ctrl-C, client gone), the cache and its token list agree
-            pc.sync(held + reuse.to_feed + generated)
+            pc.sync(held + reuse.to_feed + gen.generated)
             # prefill = the chunks fed above + the last prompt token's forward (time to first token)
             stats.prefill_seconds = (t1 - t0) + gen.first_token_seconds
             stats.decode_seconds = gen.decode_seconds
-            stats.generated_tokens = len(generated)
-            stats.generated = generated
+            stats.generated_tokens = len(gen.generated)
+            stats.generated = gen.generated
             stats.finish_reason, stats.stop_token = gen.finish_reason, gen.stop_token
             stats.first_token_seconds = stats.prefill_seconds

@@ -26,7 +26,6 @@ class Job:
         self.loop = loop
         self.items: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
-        self.started = threading.Event()
 
     def put(self, item: Any) -> None:
         """Worker side: hand an item to the waiting request."""
@@ -75,7 +74,6 @@ class Scheduler:
                 job.put(END)
                 continue
             self.running = job
-            job.started.set()
             try:
                 job.work(job)
             except BaseException as e:  # noqa: BLE001 - delivered to the request, which decides

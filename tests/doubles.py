@@ -34,7 +34,7 @@ class ScriptedModel:
         self.replies.append(list(tokens))
 
     def make_cache(self, trim_slack: int = 0) -> ModelCache:
-        return ModelCache(["sliding_attention", "full_attention"], self.window, self.args.max_position_embeddings, trim_slack)
+        return ModelCache(["sliding_attention", "full_attention"], self.window, trim_slack)
 
     def __call__(self, tokens: mx.array, cache: ModelCache | None = None) -> mx.array:
         B, T = tokens.shape

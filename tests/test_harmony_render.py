@@ -10,7 +10,7 @@ from openai_harmony import (
     SystemContent, ToolDescription,
 )
 
-from harmony_io import encoding, render, render_prompt, render_tool_result
+from harmony_io import encoding, render_prompt, render_tool_result
 from harmony_io.errors import HarmonyIOError
 from harmony_io.schema import flatten_schema
 from harmony_io.tokens import END, RETURN

@@ -45,7 +45,7 @@ MLX_PROBE = textwrap.dedent("""
         return k(inputs=ins, template=tmpl, grid=(32, 1, 1), threadgroup=(32, 1, 1),
                  output_shapes=[(4,)] * len(case["outputs"]), output_dtypes=[dt[d] for d in case["out_dtypes"]],
                  verbose=True)[0]
-    mx.export_function("/dev/null" if False else case["path"], f, *arrays)
+    mx.export_function(case["path"], f, *arrays)
 """)
 
 

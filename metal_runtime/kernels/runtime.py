@@ -49,7 +49,6 @@ class KernelSet:
     mode: str = field(default_factory=lambda: os.environ.get("GPTOSS_KERNELS", "auto"))
     _compiled: dict[str, Any] = field(default_factory=dict)
     _verdicts: dict[tuple, tuple[bool, str]] = field(default_factory=dict)
-    warned: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "on", "off"):
@@ -90,7 +89,6 @@ class KernelSet:
         self._verdicts[key] = (False, why)
         msg = (f"gptoss: Metal kernel {key[0]} disabled for {key[1:]} ({why}); using its MLX twin. "
                "Set GPTOSS_KERNELS=off to silence, or report this with `gptoss doctor` output.")
-        self.warned.append(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
     def _checked(self, key: tuple, selftest: Callable[[], tuple[bool, str]]) -> bool:
