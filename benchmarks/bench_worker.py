@@ -28,7 +28,7 @@ def peak_rss() -> int:
 
 
 def run_gptoss(path: str, prompt: list[int], gen: int) -> dict:
-    from metal_runtime import GenerationStats, generate, load
+    from gptoss_metal.metal_runtime import GenerationStats, generate, load
 
     t = time.perf_counter()
     model = load(path)

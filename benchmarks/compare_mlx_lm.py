@@ -30,7 +30,7 @@ def ensure_checkpoint(workdir: Path, preset: str) -> tuple[Path, dict]:
     workdir.mkdir(parents=True, exist_ok=True)
     src, dst = workdir / f"{preset}-hf", workdir / f"{preset}-runtime"
     info: dict = {}
-    gptoss = [sys.executable, "-m", "cli.main"]
+    gptoss = [sys.executable, "-m", "gptoss_metal.cli.main"]
     if not src.exists():
         t = time.perf_counter()
         subprocess.run(gptoss + ["synth", str(src), "--preset", preset, "--format", "hf", "--quiet"], check=True)

@@ -18,9 +18,9 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 
-from harmony_io import ChatStreamMapper, StreamParser, encoding
-from metal_runtime import generate, make_sampler
-from metal_runtime.cache import ModelCache
+from gptoss_metal.harmony_io import ChatStreamMapper, StreamParser, encoding
+from gptoss_metal.metal_runtime import generate, make_sampler
+from gptoss_metal.metal_runtime.cache import ModelCache
 
 
 class StubModel:

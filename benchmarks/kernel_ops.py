@@ -19,9 +19,9 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 
-from converters import PRESETS
-from metal_runtime.kernels.runtime import KernelSet, metal_executor, twin_experts
-from metal_runtime.kernels.twins import route_twin
+from gptoss_metal.converters import PRESETS
+from gptoss_metal.metal_runtime.kernels.runtime import KernelSet, metal_executor, twin_experts
+from gptoss_metal.metal_runtime.kernels.twins import route_twin
 
 
 VIEWS = {"Broadcast", "ExpandDims", "Squeeze", "Reshape", "Transpose", "Slice", "AsStrided", "Copy"}

@@ -16,7 +16,7 @@ import time
 
 from openai_harmony import Role, StreamableParser
 
-from harmony_io import ChatStreamMapper, StreamParser, encoding
+from gptoss_metal.harmony_io import ChatStreamMapper, StreamParser, encoding
 
 REASONING = ("The user asks about the weather in Oslo. I should call the weather tool with the city name, "
              "then summarise the answer briefly in Celsius and mention wind if it is strong. ") * 8

@@ -19,14 +19,14 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from converters import inspect_checkpoint
-from metal_runtime import load
+from gptoss_metal.converters import inspect_checkpoint
+from gptoss_metal.metal_runtime import load
 
 
 def build(workdir: Path, preset: str) -> dict[str, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / f"{preset}-hf"
-    cli = [sys.executable, "-m", "cli.main"]
+    cli = [sys.executable, "-m", "gptoss_metal.cli.main"]
     if not src.exists():
         subprocess.run(cli + ["synth", str(src), "--preset", preset, "--format", "hf", "--quiet"], check=True)
     out = {}

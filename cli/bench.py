@@ -21,8 +21,8 @@ from .generate import DTYPES
 @handle_user_errors
 def bench_cmd(model_path: str, prompt_tokens: int, gen_tokens: int, dtype: str, as_json: bool) -> None:
     """Prefill/decode tok/s, time to first token, peak memory, bytes read per decoded token."""
-    from metal_runtime import load
-    from metal_runtime.bench import run_bench
+    from gptoss_metal.metal_runtime import load
+    from gptoss_metal.metal_runtime.bench import run_bench
 
     r = run_bench(load(model_path, dtype=dtype), prompt_tokens, gen_tokens)
     if as_json:

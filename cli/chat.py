@@ -134,8 +134,8 @@ class TerminalChat:
     # -- a turn ------------------------------------------------------------------------------
 
     def turn(self, text: str) -> None:
-        from harmony_io import PreambleDelta, ReasoningDelta, TextDelta, ToolCallBegin, ToolCallEnd
-        from server.chat import StepLimitReached, ToolResult
+        from gptoss_metal.harmony_io import PreambleDelta, ReasoningDelta, TextDelta, ToolCallBegin, ToolCallEnd
+        from gptoss_metal.assistant.session import StepLimitReached, ToolResult
 
         c = self.console
         mode = None  # what is being printed: "reasoning" | "answer" | "tool"
@@ -216,9 +216,9 @@ class TerminalChat:
 def chat_cmd(model_path: str, effort: str, hide_reasoning: bool, python_tool: bool, system: str | None,
              dtype: str, max_tokens: int, temperature: float, top_p: float, seed: int | None) -> None:
     """Chat with the converted model at MODEL_PATH in the terminal."""
-    from harmony_io import today
-    from server import Engine
-    from server.chat import ChatSession
+    from gptoss_metal.harmony_io import today
+    from gptoss_metal.assistant import Engine
+    from gptoss_metal.assistant.session import ChatSession
 
     console = Console(highlight=False)
     with console.status("loading model..."):

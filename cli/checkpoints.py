@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from converters import PRESETS, convert, inspect_checkpoint, synth
+from gptoss_metal.converters import PRESETS, convert, inspect_checkpoint, synth
 
 from .errors import handle_user_errors
 from .progress import byte_progress

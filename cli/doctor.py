@@ -21,8 +21,8 @@ def _gb(n) -> str:
 @handle_user_errors
 def doctor_cmd(model_path: str | None, as_json: bool) -> None:
     """Platform, MLX backend, Metal kernels (self-tested now), vocabulary, memory vs MODEL_PATH."""
-    from harmony_io import HarmonyIOError, vocab_status
-    from metal_runtime.diagnostics import diagnostics
+    from gptoss_metal.harmony_io import HarmonyIOError, vocab_status
+    from gptoss_metal.metal_runtime.diagnostics import diagnostics
 
     info = diagnostics()
     try:
@@ -31,7 +31,7 @@ def doctor_cmd(model_path: str | None, as_json: bool) -> None:
     except HarmonyIOError as e:
         info["vocab"] = f"MISSING: {e}"
     if model_path:
-        from converters import inspect_checkpoint
+        from gptoss_metal.converters import inspect_checkpoint
 
         s = inspect_checkpoint(model_path)
         info["model"] = {"path": str(s.directory), "layout": s.layout, "tensor_bytes": s.tensor_bytes,
@@ -39,7 +39,7 @@ def doctor_cmd(model_path: str | None, as_json: bool) -> None:
         mem = info["memory_bytes"]
         info["model"]["fits"] = None if mem is None else s.tensor_bytes < 0.75 * mem
     try:
-        from server.tools.python_tool import PythonTool
+        from gptoss_metal.assistant.tools.python_tool import PythonTool
 
         tool = PythonTool()
         tool.run("0")

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.markup import escape
 
-from converters import ConversionError
+from gptoss_metal.converters import ConversionError
 
 err_console = Console(stderr=True)
 
@@ -18,13 +18,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Every package's user-facing error class (imported lazily: keeps `gptoss --help` fast)."""
     types: list[type[BaseException]] = [ConversionError]
     try:
-        from metal_runtime.errors import RuntimeUserError
+        from gptoss_metal.metal_runtime.errors import RuntimeUserError
 
         types.append(RuntimeUserError)
     except ImportError:  # pragma: no cover - package not built yet
         pass
     try:
-        from harmony_io.errors import HarmonyIOError
+        from gptoss_metal.harmony_io.errors import HarmonyIOError
 
         types.append(HarmonyIOError)
     except ImportError:  # pragma: no cover

@@ -41,8 +41,8 @@ def sampling_options(fn):
 def generate_cmd(model_path: str, prompt: str, system: str | None, effort: str, show_reasoning: bool, dtype: str,
                  max_tokens: int, temperature: float, top_p: float, seed: int | None) -> None:
     """Answer one PROMPT with the converted model at MODEL_PATH, streaming the final answer to stdout."""
-    from harmony_io import PreambleDelta, ReasoningDelta, TextDelta, render_prompt, today
-    from server import Engine, TurnStats
+    from gptoss_metal.harmony_io import PreambleDelta, ReasoningDelta, TextDelta, render_prompt, today
+    from gptoss_metal.assistant import Engine, TurnStats
 
     engine = Engine.load(model_path, dtype=dtype)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -65,9 +65,9 @@ def generate_cmd(model_path: str, prompt: str, system: str | None, effort: str, 
 @handle_user_errors
 def demo_cmd(workdir: str | None, max_tokens: int) -> None:
     """End to end on a tiny RANDOM-weight model: synth -> convert -> load -> generate."""
-    from converters import convert, synth
-    from harmony_io import STOP_IDS, encoding, render_prompt, today
-    from metal_runtime import GenerationStats, generate, load
+    from gptoss_metal.converters import convert, synth
+    from gptoss_metal.harmony_io import STOP_IDS, encoding, render_prompt, today
+    from gptoss_metal.metal_runtime import GenerationStats, generate, load
 
     err.print("[bold yellow]gptoss demo: the weights are RANDOM. The pipeline is real; the text is gibberish "
               "by design.[/]", markup=True)

@@ -30,9 +30,9 @@ def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_
     """Serve MODEL_PATH at http://HOST:PORT/v1 (chat completions and responses)."""
     import uvicorn
 
-    from server import Engine
-    from server.app import create_app
-    from server.openai_api import OpenAIService
+    from gptoss_metal.assistant import Engine
+    from gptoss_metal.server.app import create_app
+    from gptoss_metal.server.openai_api import OpenAIService
 
     with err.status("loading model..."):
         engine = Engine.load(model_path, dtype=dtype, model_id=model_id)

@@ -1,5 +1,1 @@
-"""Serving gpt-oss: the engine (model + prompt cache + harmony), chat sessions, and the HTTP API."""
-
-from .engine import Engine, TurnStats
-
-__all__ = ["Engine", "TurnStats"]
+"""HTTP only: the OpenAI-compatible API (chat completions + responses) over the assistant layer."""

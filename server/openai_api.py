@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Optional
 
-from harmony_io import (
+from gptoss_metal.harmony_io import (
     AssistantTurn,
     ChatStreamMapper,
     Done,
@@ -28,11 +28,11 @@ from harmony_io import (
     responses_items,
     today,
 )
-from harmony_io.shapes import new_id
-from metal_runtime import RuntimeUserError
+from gptoss_metal.harmony_io.shapes import new_id
+from gptoss_metal.metal_runtime import RuntimeUserError
 
 from .api_models import APIError, ChatCompletionRequest, ResponsesRequest
-from .engine import Engine, TurnStats
+from gptoss_metal.assistant import Engine, TurnStats
 from .scheduler import END, Job, QueueFull, Scheduler
 
 EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # Nothing in the test suite may reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from converters import convert, synth  # noqa: E402
+from gptoss_metal.converters import convert, synth  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import mlx.core as mx
 
-from metal_runtime.cache import FullCache, ModelCache
+from gptoss_metal.metal_runtime.cache import FullCache, ModelCache
 
 VOCAB = 201088
 FILLER = 200007  # what the double says when no script is active (never read by a correct loop)

@@ -10,8 +10,8 @@ from typing import Iterator, Optional
 
 import uvicorn
 
-from server.app import create_app
-from server.openai_api import OpenAIService
+from gptoss_metal.server.app import create_app
+from gptoss_metal.server.openai_api import OpenAIService
 
 
 def free_port() -> int:

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from converters import PRESETS, inspect_checkpoint, parameter_counts
-from metal_runtime import load
-from metal_runtime.bench import APPLE_BANDWIDTH_GBS, bytes_per_decoded_token, projected_decode_tps
+from gptoss_metal.converters import PRESETS, inspect_checkpoint, parameter_counts
+from gptoss_metal.metal_runtime import load
+from gptoss_metal.metal_runtime.bench import APPLE_BANDWIDTH_GBS, bytes_per_decoded_token, projected_decode_tps
 
 
 def test_weight_bytes_match_the_files_and_kv_follows_the_window(tiny_runtime):
@@ -38,7 +38,7 @@ def test_20b_bytes_per_token_from_parameter_counts():
 
 
 def test_bench_cli_json(tiny_runtime):
-    out = subprocess.run([sys.executable, "-m", "cli.main", "bench", str(tiny_runtime), "--prompt-tokens", "24",
+    out = subprocess.run([sys.executable, "-m", "gptoss_metal.cli.main", "bench", str(tiny_runtime), "--prompt-tokens", "24",
                           "--gen-tokens", "4", "--json"], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout)
     assert r["prompt_tokens"] == 24 and r["gen_tokens"] == 4

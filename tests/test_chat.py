@@ -7,11 +7,11 @@ import json
 import pytest
 
 from doubles import ScriptedModel, cached_tokens
-from harmony_io import TextDelta, ToolCallBegin, encoding, render_tool_result
-from harmony_io.tokens import assistant_header
-from metal_runtime import load
-from server import Engine
-from server.chat import ChatSession, StepLimitReached, ToolResult
+from gptoss_metal.harmony_io import TextDelta, ToolCallBegin, encoding, render_tool_result
+from gptoss_metal.harmony_io.tokens import assistant_header
+from gptoss_metal.metal_runtime import load
+from gptoss_metal.assistant import Engine
+from gptoss_metal.assistant.session import ChatSession, StepLimitReached, ToolResult
 
 
 def E(s: str) -> list[int]:
@@ -171,7 +171,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert other.messages == s.messages and other.effort == "high"
     assert other.prompt_tokens() == s.prompt_tokens()
     (tmp_path / "bad.json").write_text('{"version": 99}')
-    from harmony_io import HarmonyIOError
+    from gptoss_metal.harmony_io import HarmonyIOError
 
     with pytest.raises(HarmonyIOError, match="not a saved gptoss conversation"):
         other.load(tmp_path / "bad.json")

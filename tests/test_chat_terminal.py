@@ -14,7 +14,7 @@ pexpect = pytest.importorskip("pexpect")
 
 def spawn(args, tmp_path):
     env = dict(os.environ, GPTOSS_CACHE_DIR=str(tmp_path / "cache"), COLUMNS="120", TERM="xterm")
-    return pexpect.spawn(sys.executable, ["-m", "cli.main", "chat", *args], env=env, encoding="utf-8",
+    return pexpect.spawn(sys.executable, ["-m", "gptoss_metal.cli.main", "chat", *args], env=env, encoding="utf-8",
                          timeout=60, dimensions=(40, 120))
 
 

@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from converters import ConversionError, PRESETS, convert, inspect_checkpoint
+from gptoss_metal.converters import ConversionError, PRESETS, convert, inspect_checkpoint
 from helpers import decode_mxfp4, load_tensors, u32_words_to_blocks
 
 
@@ -229,7 +229,7 @@ def test_kill_9_mid_conversion_leaves_no_destination(tmp_path, tiny_hf):
     marker = tmp_path / "started"
     code = f"""
 import time, pathlib
-from converters import convert
+from gptoss_metal.converters import convert
 def advance(n):
     pathlib.Path({str(marker)!r}).touch()
     time.sleep(3600)

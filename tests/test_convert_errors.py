@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from converters import ConversionError, convert
+from gptoss_metal.converters import ConversionError, convert
 from helpers import decode_mxfp4, load_tensors
 
 H, I, E, V, NH, NKV, HD = 64, 32, 4, 96, 4, 2, 16
@@ -187,7 +187,7 @@ def test_cli_prints_user_errors_without_traceback(tmp_path, mini):
     w, c = mini
     w["model.layers.0.mlp.experts.down_proj_scales"][0, 0, 0] = 0xFF
     src = write_mini(tmp_path / "src", w, c)
-    out = subprocess.run([sys.executable, "-m", "cli.main", "convert", str(src), str(tmp_path / "dst"), "--quiet"],
+    out = subprocess.run([sys.executable, "-m", "gptoss_metal.cli.main", "convert", str(src), str(tmp_path / "dst"), "--quiet"],
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert "error:" in out.stderr and "0xFF" in out.stderr and "down_proj_scales" in out.stderr

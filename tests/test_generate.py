@@ -6,8 +6,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from metal_runtime import GenerationError, GenerationStats, generate, load, make_sampler, top_p_mask
-from metal_runtime.errors import ContextOverflowError
+from gptoss_metal.metal_runtime import GenerationError, GenerationStats, generate, load, make_sampler, top_p_mask
+from gptoss_metal.metal_runtime.errors import ContextOverflowError
 
 PROMPT = [200006, 17360, 200008, 12194, 11, 2375, 200007, 200006, 173781]
 

@@ -10,10 +10,10 @@ from openai_harmony import (
     SystemContent, ToolDescription,
 )
 
-from harmony_io import encoding, render_prompt, render_tool_result
-from harmony_io.errors import HarmonyIOError
-from harmony_io.schema import flatten_schema
-from harmony_io.tokens import END, RETURN
+from gptoss_metal.harmony_io import encoding, render_prompt, render_tool_result
+from gptoss_metal.harmony_io.errors import HarmonyIOError
+from gptoss_metal.harmony_io.schema import flatten_schema
+from gptoss_metal.harmony_io.tokens import END, RETURN
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}

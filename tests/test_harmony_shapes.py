@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
-from harmony_io import AssistantTurn, ChatStreamMapper, ResponsesStreamMapper, StreamParser, chat_message, encoding, responses_items
+from gptoss_metal.harmony_io import AssistantTurn, ChatStreamMapper, ResponsesStreamMapper, StreamParser, chat_message, encoding, responses_items
 
 TOOLS = ["functions.get_weather"]
 

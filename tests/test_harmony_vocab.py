@@ -6,9 +6,9 @@ import builtins
 
 import pytest
 
-from harmony_io import vocab
-from harmony_io.errors import HarmonyIOError
-from harmony_io.tokens import verify_token_ids
+from gptoss_metal.harmony_io import vocab
+from gptoss_metal.harmony_io.errors import HarmonyIOError
+from gptoss_metal.harmony_io.tokens import verify_token_ids
 
 
 def test_encoding_loads_offline_with_the_known_vocab():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from converters.hub import HF_ALLOW_PATTERNS, looks_like_repo_id
+from gptoss_metal.converters.hub import HF_ALLOW_PATTERNS, looks_like_repo_id
 
 
 def _populate_cache(cache, repo_id: str, source) -> None:
@@ -43,7 +43,7 @@ def test_convert_from_repo_id_offline_with_a_populated_cache(tmp_path, tiny_hf):
     _populate_cache(cache, "acme/gpt-oss-tiny", tiny_hf)
     env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
     out = subprocess.run(
-        [sys.executable, "-m", "cli.main", "convert", "acme/gpt-oss-tiny", str(tmp_path / "dst"), "--quiet"],
+        [sys.executable, "-m", "gptoss_metal.cli.main", "convert", "acme/gpt-oss-tiny", str(tmp_path / "dst"), "--quiet"],
         capture_output=True, text=True, env=env,
     )
     assert out.returncode == 0, out.stderr
@@ -54,7 +54,7 @@ def test_convert_from_repo_id_offline_with_a_populated_cache(tmp_path, tiny_hf):
 def test_unknown_repo_offline_is_a_clear_error(tmp_path):
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "empty"), HF_HUB_OFFLINE="1")
     out = subprocess.run(
-        [sys.executable, "-m", "cli.main", "convert", "acme/not-here", str(tmp_path / "dst"), "--quiet"],
+        [sys.executable, "-m", "gptoss_metal.cli.main", "convert", "acme/not-here", str(tmp_path / "dst"), "--quiet"],
         capture_output=True, text=True, env=env,
     )
     assert out.returncode == 1
@@ -63,7 +63,7 @@ def test_unknown_repo_offline_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("src", ["missing/dir/x", "./nope"])
 def test_missing_local_path(tmp_path, src):
-    from converters import ConversionError, convert
+    from gptoss_metal.converters import ConversionError, convert
 
     with pytest.raises(ConversionError):
         convert(src, tmp_path / "dst")

@@ -13,8 +13,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from metal_runtime.kernels import KernelSet, experts_down_twin, experts_up_twin, route_twin, set_default_kernels, spec
-from metal_runtime.kernels import sources
+from gptoss_metal.metal_runtime.kernels import KernelSet, experts_down_twin, experts_up_twin, route_twin, set_default_kernels, spec
+from gptoss_metal.metal_runtime.kernels import sources
 from msl.harness import HarnessError, MSLKernel, compiler
 from msl.mlx_bridge import HarnessExecutor, to_host
 from msl.signature import ArgInfo, BF16Array, generate
@@ -283,7 +283,7 @@ def harness_kernels():
 
 
 def test_model_decode_through_the_kernels_matches_the_twins(tiny_runtime, harness_kernels):
-    from metal_runtime import load
+    from gptoss_metal.metal_runtime import load
 
     model = load(tiny_runtime, dtype="float32")
     seq = [200006, 17360, 200008, 12194, 11, 2375]
@@ -322,7 +322,7 @@ def test_failing_kernel_is_disabled_once_and_the_twin_runs(failure):
     x = mx.random.normal((2, 64), key=mx.random.key(4))
     idx = mx.array([[0, 1, 2, 3], [3, 2, 1, 0]], dtype=mx.uint32)
     w = mx.softmax(mx.random.normal((2, 4), key=mx.random.key(5)), axis=-1)
-    from metal_runtime.kernels.runtime import twin_experts
+    from gptoss_metal.metal_runtime.kernels.runtime import twin_experts
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -356,13 +356,13 @@ def test_kernel_modes():
 
 
 def test_doctor_self_test_runs_every_kernel(harness_kernels):
-    from metal_runtime.diagnostics import kernel_self_test
+    from gptoss_metal.metal_runtime.diagnostics import kernel_self_test
 
     assert kernel_self_test(harness_kernels) == {"router": "passed", "experts_up": "passed", "experts_down": "passed"}
 
 
 def test_doctor_cli_reports_without_metal(tiny_runtime):
-    out = subprocess.run([sys.executable, "-m", "cli.main", "doctor", str(tiny_runtime), "--json"],
+    out = subprocess.run([sys.executable, "-m", "gptoss_metal.cli.main", "doctor", str(tiny_runtime), "--json"],
                          capture_output=True, text=True, check=True)
     info = json.loads(out.stdout)
     assert info["backend"] == "cpu" and info["metal_available"] is False

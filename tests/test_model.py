@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import mlx.core as mx
 
-from converters import convert
-from metal_runtime import load
-from metal_runtime.errors import CacheError, ContextOverflowError, ModelLoadError
+from gptoss_metal.converters import convert
+from gptoss_metal.metal_runtime import load
+from gptoss_metal.metal_runtime.errors import CacheError, ContextOverflowError, ModelLoadError
 from reference import Reference
 
 WINDOW = 8  # tiny preset
@@ -170,7 +170,7 @@ def test_mlx_community_style_q8_folder_loads(tmp_path, tiny_original, tiny_runti
 
     import mlx.nn as nn
 
-    from converters import convert
+    from gptoss_metal.converters import convert
 
     convert(tiny_original, tmp_path / "q8", quantize_dense="q8")
     cfg = json.loads((tmp_path / "q8" / "config.json").read_text())

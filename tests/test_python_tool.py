@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from server.tools.python_tool import PythonTool, PythonToolLimits
+from gptoss_metal.assistant.tools.python_tool import PythonTool, PythonToolLimits
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from converters.errors import ConversionError
-from converters.safetensors_io import SafetensorsFile, ShardedWriter, TensorSpec, collect_tensors, read_range
+from gptoss_metal.converters.errors import ConversionError
+from gptoss_metal.converters.safetensors_io import SafetensorsFile, ShardedWriter, TensorSpec, collect_tensors, read_range
 
 
 def _write_plan(tmp_path, arrays: dict[str, np.ndarray], max_shard: int) -> list:

@@ -11,11 +11,11 @@ import openai
 import pytest
 
 from doubles import ScriptedModel
-from harmony_io import assistant_header, encoding, render_tool_result
-from metal_runtime import load
+from gptoss_metal.harmony_io import assistant_header, encoding, render_tool_result
+from gptoss_metal.metal_runtime import load
 from serving import live_server
-from server import Engine
-from server.openai_api import OpenAIService
+from gptoss_metal.assistant import Engine
+from gptoss_metal.server.openai_api import OpenAIService
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}

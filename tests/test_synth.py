@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from converters import PRESETS, synth
-from converters.layouts import expected_hf, expected_original
-from converters.safetensors_io import collect_tensors
-from converters.synth import CHUNK_BYTES, float32_to_bf16_bits, hf_tensors, logical_params, original_tensors
+from gptoss_metal.converters import PRESETS, synth
+from gptoss_metal.converters.layouts import expected_hf, expected_original
+from gptoss_metal.converters.safetensors_io import collect_tensors
+from gptoss_metal.converters.synth import CHUNK_BYTES, float32_to_bf16_bits, hf_tensors, logical_params, original_tensors
 from helpers import decode_mxfp4, load_tensors
 
 
@@ -94,7 +94,7 @@ def test_real_presets_stream_in_bounded_chunks(preset):
 
 
 def test_synth_refuses_existing_destination(tmp_path):
-    from converters import ConversionError
+    from gptoss_metal.converters import ConversionError
 
     (tmp_path / "x").mkdir()
     with pytest.raises(ConversionError, match="already exists"):

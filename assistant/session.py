@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
-from harmony_io import AssistantTurn, Event, HarmonyIOError, render
-from harmony_io.shapes import ToolCall
+from gptoss_metal.harmony_io import AssistantTurn, Event, HarmonyIOError, render
+from gptoss_metal.harmony_io.shapes import ToolCall
 
 from .engine import Engine, TurnStats
 from .tools.functions import FunctionRegistry

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from harmony_io import STOP_IDS, Event, StreamParser
-from harmony_io.parser import Done
-from metal_runtime import GenerationStats, Model, generate, load, prefill
-from metal_runtime.prompt_cache import PromptCache
+from gptoss_metal.harmony_io import STOP_IDS, Event, StreamParser
+from gptoss_metal.harmony_io.parser import Done
+from gptoss_metal.metal_runtime import GenerationStats, Model, generate, load, prefill
+from gptoss_metal.metal_runtime.prompt_cache import PromptCache
 
 
 @dataclass

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from harmony_io import HarmonyIOError, parse_tools
+from gptoss_metal.harmony_io import HarmonyIOError, parse_tools
 
 
 @dataclass
