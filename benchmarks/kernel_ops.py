@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1)
     args = ap.parse_args()
     a = PRESETS[args.preset]
-    e, h, i, k = a.num_experts, a.hidden_size, a.intermediate_size, a.experts_per_token
+    e, h, i, k = a.num_local_experts, a.hidden_size, a.intermediate_size, a.num_experts_per_tok
     m = layer(e, h, i)
     x = mx.zeros((args.tokens, h), dtype=mx.bfloat16)
     logits = mx.zeros((args.tokens, e), dtype=mx.bfloat16)

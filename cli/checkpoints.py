@@ -69,11 +69,11 @@ def inspect_cmd(path: str, as_json: bool) -> None:
     a = s.arch
     out = Console()
     table = Table(title=f"{s.directory} ({s.layout} layout)", show_header=False)
-    table.add_row("layers / experts / top-k", f"{a.num_hidden_layers} / {a.num_experts} / {a.experts_per_token}")
+    table.add_row("layers / experts / top-k", f"{a.num_hidden_layers} / {a.num_local_experts} / {a.num_experts_per_tok}")
     table.add_row("hidden / intermediate", f"{a.hidden_size} / {a.intermediate_size}")
     table.add_row("heads (q / kv) x head_dim", f"{a.num_attention_heads} / {a.num_key_value_heads} x {a.head_dim}")
     table.add_row("vocab / sliding window", f"{a.vocab_size} / {a.sliding_window}")
-    table.add_row("context", f"{a.max_position_embeddings} (YaRN x{a.rope_scaling_factor:g})")
+    table.add_row("context", f"{a.max_position_embeddings} (YaRN x{a.rope_factor:g})")
     assert s.params is not None
     table.add_row("parameters (total)", f"{s.params.total / 1e9:.3f} B")
     table.add_row("parameters (active / token)", f"{s.params.active / 1e9:.3f} B (excl. embedding table)")

@@ -7,13 +7,15 @@ lazily, for `--quantize-dense`.
 from .checkpoint import Checkpoint, open_checkpoint
 from .convert import ConversionResult, convert
 from .errors import ConversionError
-from .inspect import CheckpointSummary, inspect_checkpoint, parameter_counts
-from .layouts import HF, ORIGINAL, RUNTIME, ArchConfig
+from .inspect import CheckpointSummary, inspect_checkpoint
+from gptoss_metal.architecture import Architecture
+
+from .layouts import HF, ORIGINAL, RUNTIME
 from .presets import PRESETS
 from .synth import synth
 
 __all__ = [
-    "ArchConfig",
+    "Architecture",
     "Checkpoint",
     "CheckpointSummary",
     "ConversionError",
@@ -25,6 +27,5 @@ __all__ = [
     "convert",
     "inspect_checkpoint",
     "open_checkpoint",
-    "parameter_counts",
     "synth",
 ]

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConversionError
+from gptoss_metal.architecture import Architecture
+
 from .layouts import (
-    ArchConfig,
     Expected,
     arch_for_layout,
     detect_layout,
@@ -29,7 +30,7 @@ class Checkpoint:
     directory: Path
     layout: str
     config: dict
-    arch: ArchConfig
+    arch: Architecture
     tensors: dict[str, StoredTensor]
     expected: list[Expected]
 

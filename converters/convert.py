@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from gptoss_metal.architecture import quantization_overrides
+
 from .atomic import atomic_directory
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import ConversionError
 from .hub import resolve_source
-from .layouts import DENSE_QUANT_GROUP, HF, ORIGINAL, RUNTIME, dense_quantizable_modules, expected_runtime, runtime_quant_overrides
+from .layouts import DENSE_QUANT_GROUP, HF, ORIGINAL, RUNTIME, dense_quantizable_modules, expected_runtime
 from .plan import plan_conversion, run_transfer
 from .safetensors_io import ShardedWriter
 
@@ -52,7 +54,7 @@ def runtime_config(ck: Checkpoint, quant: dict[str, int]) -> dict:
         cfg.setdefault("max_position_embeddings", ck.arch.max_position_embeddings)
     quantization: dict = dict(MXFP4_QUANTIZATION)
     if ck.layout == RUNTIME:
-        quantization.update(runtime_quant_overrides(ck.config))
+        quantization.update(quantization_overrides(ck.config))
     for module, bits in quant.items():
         quantization[module] = {"group_size": DENSE_QUANT_GROUP, "bits": bits, "mode": "affine"}
     cfg["quantization"] = quantization
@@ -66,7 +68,7 @@ def _quant_targets(ck: Checkpoint, quantize_dense: Optional[str]) -> dict[str, i
     if quantize_dense not in QUANTIZE_DENSE_BITS:
         raise ConversionError(f"--quantize-dense must be one of {sorted(QUANTIZE_DENSE_BITS)}, got {quantize_dense!r}")
     bits = QUANTIZE_DENSE_BITS[quantize_dense]
-    already = runtime_quant_overrides(ck.config) if ck.layout == RUNTIME else {}
+    already = quantization_overrides(ck.config) if ck.layout == RUNTIME else {}
     return {m: bits for m in dense_quantizable_modules(ck.arch) if m not in already}
 
 
@@ -109,7 +111,7 @@ def convert(
     out_config = runtime_config(ck, quant)
     plan = plan_conversion(ck.layout, ck.arch, ck.expected, ck.tensors, quant)
     # One canonical tensor order, whatever the source layout: same weights -> identical files.
-    order = {e.name: i for i, e in enumerate(expected_runtime(ck.arch, runtime_quant_overrides(out_config)))}
+    order = {e.name: i for i, e in enumerate(expected_runtime(ck.arch, quantization_overrides(out_config)))}
     outputs = sorted((spec for tr in plan for spec in tr.outputs), key=lambda s: order[s.name])
     total_read = sum(tr.read_bytes for tr in plan)
     result = ConversionResult(source=ck.directory, layout=ck.layout, destination=dst, quantized_modules=len(quant))

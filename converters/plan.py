@@ -17,8 +17,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from gptoss_metal.architecture import Architecture
+
 from .errors import ConversionError
-from .layouts import HF, ORIGINAL, RUNTIME, ArchConfig, Expected
+from .layouts import HF, ORIGINAL, RUNTIME, Expected
 from .safetensors_io import StoredTensor, TensorSpec, iter_chunks, read_range
 
 CHUNK_BYTES = 32 * 1024 * 1024
@@ -144,13 +146,13 @@ def _blocks_as_u32(name: str, src: StoredTensor, rows: int) -> TensorSpec:
     return _spec(name, "U32", (e, rows, nb * 4))
 
 
-def _plan_experts(arch: ArchConfig, srcs: dict[str, StoredTensor], prefix: str, names: dict[str, str]) -> list[Transfer]:
+def _plan_experts(arch: Architecture, srcs: dict[str, StoredTensor], prefix: str, names: dict[str, str]) -> list[Transfer]:
     """mlp1/gate_up (interleaved) and mlp2/down tensors of one layer -> runtime experts."""
     I = arch.intermediate_size  # noqa: E741
     x = f"{prefix}.mlp.experts"
     s = {k: srcs[v] for k, v in names.items()}
     up_dtype = s["gu_bias"].spec.dtype
-    e = arch.num_experts
+    e = arch.num_local_experts
     return [
         Transfer(s["gu_blocks"], "blocks", "deinterleave", (
             _blocks_as_u32(f"{x}.gate_proj.weight", s["gu_blocks"], I),
@@ -200,7 +202,7 @@ def _row_views(src: StoredTensor, row_counts: tuple[int, ...]) -> list[StoredTen
     return views
 
 
-def plan_original(arch: ArchConfig, srcs: dict[str, StoredTensor], quant: dict[str, int]) -> list[Transfer]:
+def plan_original(arch: Architecture, srcs: dict[str, StoredTensor], quant: dict[str, int]) -> list[Transfer]:
     hd = arch.head_dim
     q_rows, kv_rows = arch.num_attention_heads * hd, arch.num_key_value_heads * hd
     plan = [_dense(srcs["embedding.weight"], "model.embed_tokens.weight", quant)]
@@ -236,7 +238,7 @@ def plan_original(arch: ArchConfig, srcs: dict[str, StoredTensor], quant: dict[s
     return plan
 
 
-def plan_hf(arch: ArchConfig, srcs: dict[str, StoredTensor], quant: dict[str, int]) -> list[Transfer]:
+def plan_hf(arch: Architecture, srcs: dict[str, StoredTensor], quant: dict[str, int]) -> list[Transfer]:
     plan: list[Transfer] = []
     for name, src in srcs.items():
         if ".mlp.experts." in name:
@@ -265,7 +267,7 @@ def plan_runtime(expected: list[Expected], srcs: dict[str, StoredTensor], quant:
 
 
 def plan_conversion(
-    layout: str, arch: ArchConfig, expected: list[Expected], srcs: dict[str, StoredTensor], quant: dict[str, int]
+    layout: str, arch: Architecture, expected: list[Expected], srcs: dict[str, StoredTensor], quant: dict[str, int]
 ) -> list[Transfer]:
     if layout == ORIGINAL:
         return plan_original(arch, srcs, quant)

@@ -8,28 +8,28 @@ multiple of 512 (like 2880) for quick benchmark runs.
 
 from __future__ import annotations
 
-from .layouts import ArchConfig
+from gptoss_metal.architecture import Architecture
 
 VOCAB = 201088
 
-PRESETS: dict[str, ArchConfig] = {
-    "tiny": ArchConfig(
-        num_hidden_layers=4, num_experts=8, experts_per_token=4, vocab_size=VOCAB,
+PRESETS: dict[str, Architecture] = {
+    "tiny": Architecture(
+        num_hidden_layers=4, num_local_experts=8, num_experts_per_tok=4, vocab_size=VOCAB,
         hidden_size=64, intermediate_size=64, head_dim=16, num_attention_heads=4,
         num_key_value_heads=2, sliding_window=8,
     ),
-    "small": ArchConfig(
-        num_hidden_layers=4, num_experts=16, experts_per_token=4, vocab_size=VOCAB,
+    "small": Architecture(
+        num_hidden_layers=4, num_local_experts=16, num_experts_per_tok=4, vocab_size=VOCAB,
         hidden_size=576, intermediate_size=576, head_dim=64, num_attention_heads=8,
         num_key_value_heads=2, sliding_window=128,
     ),
-    "20b": ArchConfig(
-        num_hidden_layers=24, num_experts=32, experts_per_token=4, vocab_size=VOCAB,
+    "20b": Architecture(
+        num_hidden_layers=24, num_local_experts=32, num_experts_per_tok=4, vocab_size=VOCAB,
         hidden_size=2880, intermediate_size=2880, head_dim=64, num_attention_heads=64,
         num_key_value_heads=8, sliding_window=128,
     ),
-    "120b": ArchConfig(
-        num_hidden_layers=36, num_experts=128, experts_per_token=4, vocab_size=VOCAB,
+    "120b": Architecture(
+        num_hidden_layers=36, num_local_experts=128, num_experts_per_tok=4, vocab_size=VOCAB,
         hidden_size=2880, intermediate_size=2880, head_dim=64, num_attention_heads=64,
         num_key_value_heads=8, sliding_window=128,
     ),

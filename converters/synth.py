@@ -24,7 +24,9 @@ import numpy as np
 
 from .atomic import atomic_directory
 from .errors import ConversionError
-from .layouts import HF, MXFP4_GROUP, ORIGINAL, ArchConfig
+from gptoss_metal.architecture import MXFP4_GROUP, Architecture
+
+from .layouts import HF, ORIGINAL
 from .presets import HF_SHARD_BYTES, PRESETS
 from .safetensors_io import ShardedWriter, TensorSpec
 
@@ -91,8 +93,8 @@ def _scale_center(fan_in: int) -> int:
     return 127 + round(math.log2(1.0 / (math.sqrt(fan_in) * FP4_RMS)))
 
 
-def logical_params(a: ArchConfig) -> dict[str, Param]:
-    H, I, E, V, hd = a.hidden_size, a.intermediate_size, a.num_experts, a.vocab_size, a.head_dim
+def logical_params(a: Architecture) -> dict[str, Param]:
+    H, I, E, V, hd = a.hidden_size, a.intermediate_size, a.num_local_experts, a.vocab_size, a.head_dim
     q, kv = a.num_attention_heads * hd, a.num_key_value_heads * hd
     nb_h, nb_i = H // MXFP4_GROUP, I // MXFP4_GROUP
     ps = [Param("embedding", (V, H), "BF16", "normal")]
@@ -126,7 +128,7 @@ def logical_params(a: ArchConfig) -> dict[str, Param]:
     return {p.key: p for p in ps}
 
 
-def original_tensors(a: ArchConfig) -> list[tuple[str, list[str]]]:
+def original_tensors(a: Architecture) -> list[tuple[str, list[str]]]:
     """(tensor name, logical parameters concatenated along rows) for OpenAI's original/ layout."""
     out = [("embedding.weight", ["embedding"])]
     for n in range(a.num_hidden_layers):
@@ -151,7 +153,7 @@ def original_tensors(a: ArchConfig) -> list[tuple[str, list[str]]]:
     return out + [("norm.scale", ["norm"]), ("unembedding.weight", ["unembedding"])]
 
 
-def hf_tensors(a: ArchConfig) -> list[tuple[str, list[str]]]:
+def hf_tensors(a: Architecture) -> list[tuple[str, list[str]]]:
     """(tensor name, logical parameters) for the Hugging Face layout."""
     out = [("model.embed_tokens.weight", ["embedding"])]
     for n in range(a.num_hidden_layers):
@@ -181,7 +183,7 @@ def hf_tensors(a: ArchConfig) -> list[tuple[str, list[str]]]:
     return out + [("model.norm.weight", ["norm"]), ("lm_head.weight", ["unembedding"])]
 
 
-def hf_config_json(a: ArchConfig) -> dict:
+def hf_config_json(a: Architecture) -> dict:
     cfg = a.hf_config()
     cfg["quantization_config"] = {
         "modules_to_not_convert": [
@@ -207,7 +209,7 @@ def synth(
     fmt: str = HF,
     seed: int = 0,
     force: bool = False,
-    arch: Optional[ArchConfig] = None,
+    arch: Optional[Architecture] = None,
     on_start: Optional[Callable[[int, str], None]] = None,
     on_advance: Optional[Callable[[int], None]] = None,
 ) -> Path:

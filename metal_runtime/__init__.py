@@ -1,7 +1,6 @@
 """The gpt-oss model in MLX: loading, KV caches, sampling and generation. Knows token ids only."""
 
 from .cache import CacheSnapshot, ModelCache
-from .config import ModelArgs
 from .errors import CacheError, ContextOverflowError, GenerationError, ModelLoadError, RuntimeUserError
 from .generate import GenerationStats, generate, prefill
 from .loading import load
@@ -15,7 +14,6 @@ __all__ = [
     "GenerationError",
     "GenerationStats",
     "Model",
-    "ModelArgs",
     "ModelCache",
     "ModelLoadError",
     "RuntimeUserError",

@@ -15,6 +15,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from gptoss_metal import architecture
+
 from .generate import GenerationStats, generate
 from .model import Model
 
@@ -42,20 +44,9 @@ class BytesPerToken:
 
 def bytes_per_decoded_token(model: Model, context: int, kv_dtype=mx.bfloat16) -> BytesPerToken:
     """From the weights actually loaded: experts x k/E, one embedding row, everything else once."""
-    a = model.args
-    weights = 0.0
-    for name, p in nn.utils.tree_flatten(model.parameters()):
-        if ".experts." in name:
-            weights += p.nbytes * a.num_experts_per_tok / a.num_local_experts
-        elif name.startswith("model.embed_tokens."):
-            weights += p.nbytes / a.vocab_size
-        else:
-            weights += p.nbytes
-    per_pos = 2 * a.num_key_value_heads * a.head_dim * kv_dtype.size
-    kv = 0
-    for t in a.layer_types:
-        kv += per_pos * (min(context, a.sliding_window) if t == "sliding_attention" else context)
-    return BytesPerToken(int(weights), kv, context)
+    tensors = ((name, p.nbytes) for name, p in nn.utils.tree_flatten(model.parameters()))
+    weights = architecture.bytes_per_decoded_token(tensors, model.args)
+    return BytesPerToken(weights, model.args.kv_bytes(context, kv_dtype.size), context)
 
 
 def projected_decode_tps(bytes_per_token: int) -> dict[str, float]:

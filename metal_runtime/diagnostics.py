@@ -9,7 +9,8 @@ from typing import Any, Optional
 import mlx.core as mx
 
 from .backend import backend_name
-from .kernels.runtime import KernelSet, default_kernels
+from .kernels.runtime import KernelSet
+from .moe import SwitchMXFP4GLU
 
 
 def total_memory_bytes() -> Optional[int]:
@@ -19,28 +20,24 @@ def total_memory_bytes() -> Optional[int]:
         return None
 
 
-def kernel_self_test(kernels: Optional[KernelSet] = None) -> dict[str, str]:
+def probe_layer(num_experts: int = 8, hidden: int = 96, intermediate: int = 64, seed: int = 1) -> SwitchMXFP4GLU:
+    """A real expert layer with random MXFP4 weights (scales near 1), for exercising kernels."""
+    layer = SwitchMXFP4GLU(num_experts, hidden, intermediate, limit=7.0, alpha=1.702)
+    for i, proj in enumerate((layer.gate_proj, layer.up_proj, layer.down_proj)):
+        key = mx.random.key(seed + i)
+        proj.weight = mx.random.randint(0, 2**31, proj.weight.shape, key=key).astype(mx.uint32)
+        proj.scales = mx.random.randint(119, 124, proj.scales.shape, key=key).astype(mx.uint8)
+    return layer
+
+
+def kernel_self_test(kernels: KernelSet) -> dict[str, str]:
     """Exercise every kernel once on a small random layer so its self-test runs, then report."""
-    from types import SimpleNamespace
-
-    ks = kernels or default_kernels()
-    if ks.active:
-        e, h, i = 8, 96, 64
-
-        def proj(out_dim: int, in_dim: int, seed: int) -> SimpleNamespace:
-            key = mx.random.key(seed)
-            return SimpleNamespace(
-                weight=mx.random.randint(0, 2**31, (e, out_dim, in_dim // 8), key=key).astype(mx.uint32),
-                scales=mx.random.randint(119, 124, (e, out_dim, in_dim // 32), key=key).astype(mx.uint8),
-                bias=mx.zeros((e, out_dim)),
-            )
-
-        layer = SimpleNamespace(gate_proj=proj(i, h, 1), up_proj=proj(i, h, 2), down_proj=proj(h, i, 3),
-                                num_experts=e, limit=7.0, alpha=1.702)
-        x = mx.random.normal((1, h))
-        idx, w = ks.route(mx.random.normal((1, e)), 4)
-        mx.eval(ks.experts(x, idx, w, layer))
-    return ks.status()
+    if kernels.active:
+        layer = probe_layer()
+        x = mx.random.normal((1, layer.gate_proj.weight.shape[-1] * 8))
+        idx, w = kernels.route(mx.random.normal((1, layer.num_experts)), 4)
+        mx.eval(kernels.experts(x, idx, w, layer))
+    return kernels.status()
 
 
 def diagnostics(run_kernels: bool = True) -> dict[str, Any]:
@@ -53,5 +50,6 @@ def diagnostics(run_kernels: bool = True) -> dict[str, Any]:
         "memory_bytes": total_memory_bytes(),
         "kernels_mode": os.environ.get("GPTOSS_KERNELS", "auto"),
     }
-    info["kernels"] = kernel_self_test() if run_kernels else default_kernels().status()
+    kernels = KernelSet()
+    info["kernels"] = kernel_self_test(kernels) if run_kernels else kernels.status()
     return info

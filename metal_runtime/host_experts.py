@@ -8,13 +8,10 @@ float32 throughout (exact dequantization, float32 accumulation), like the MLX tw
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import mlx.core as mx
 import numpy as np
 
-if TYPE_CHECKING:
-    from .moe import MXFP4Projection, SwitchMXFP4GLU
+from .moe import MXFP4Projection, SwitchMXFP4GLU, swiglu
 
 _FP4 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
 # byte -> (value of low nibble, value of high nibble): the element pair a byte packs
@@ -32,7 +29,7 @@ def dequantize_rows(words: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return vals.reshape(rows, n_groups * 32)
 
 
-def matmul_expert(h: np.ndarray, proj: "MXFP4Projection", e: int) -> np.ndarray:
+def matmul_expert(h: np.ndarray, proj: MXFP4Projection, e: int) -> np.ndarray:
     """h [t, in] @ W_e^T + b_e, dequantizing W_e block by block (peak memory stays small)."""
     words = np.asarray(proj.weight[e])
     scales = np.asarray(proj.scales[e])
@@ -44,22 +41,21 @@ def matmul_expert(h: np.ndarray, proj: "MXFP4Projection", e: int) -> np.ndarray:
     return out
 
 
-def _bias(proj: "MXFP4Projection", e: int) -> np.ndarray:
+def _bias(proj: MXFP4Projection, e: int) -> np.ndarray:
     return np.asarray(proj.bias[e].astype(mx.float32))
 
 
-def host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: "SwitchMXFP4GLU") -> mx.array:
+def host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: SwitchMXFP4GLU) -> mx.array:
     xs = np.asarray(x.astype(mx.float32))
     ids = np.asarray(idx)
     ws = np.asarray(weights.astype(mx.float32))
     out = np.zeros_like(xs)
-    limit, alpha = np.float32(experts.limit), np.float32(experts.alpha)
     for e in np.unique(ids):
         rows, slots = np.nonzero(ids == e)
         h = xs[rows]
-        g = np.minimum(matmul_expert(h, experts.gate_proj, int(e)), limit)
-        u = np.clip(matmul_expert(h, experts.up_proj, int(e)), -limit, limit)
-        a = g / (1.0 + np.exp(-alpha * g)) * (u + 1.0)
+        g = matmul_expert(h, experts.gate_proj, int(e))
+        u = matmul_expert(h, experts.up_proj, int(e))
+        a = np.asarray(swiglu(mx.array(g), mx.array(u), experts.limit, experts.alpha))
         d = matmul_expert(a, experts.down_proj, int(e))
         np.add.at(out, rows, d * ws[rows, slots][:, None])
     return mx.array(out).astype(x.dtype)

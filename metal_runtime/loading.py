@@ -5,13 +5,15 @@ from __future__ import annotations
 import glob
 import json
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .config import ModelArgs
+from .config import read_model_config
 from .errors import ModelLoadError
+from .expert_paths import ExpertPath, choose_expert_path
+from .kernels import KernelSet
 from .model import Model
 
 DTYPES = {"bfloat16": mx.bfloat16, "bf16": mx.bfloat16, "float32": mx.float32, "fp32": mx.float32,
@@ -80,10 +82,13 @@ def _is_float(a: mx.array) -> bool:
     return a.dtype in (mx.float32, mx.float16, mx.bfloat16)
 
 
-def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False) -> Model:
+def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
+         experts: Union[str, ExpertPath, None] = None, kernels: Optional[KernelSet] = None) -> Model:
     """Load a converted gpt-oss folder. `dtype` is the activation/dense-weight dtype.
 
     Expert weights stay MXFP4 whatever `dtype` is; norm gains stay float32 (DESIGN.md numerics).
+    `experts` picks how the MoE blocks run (an ExpertPath, or a name: auto, kernels, mlx, host,
+    twin; None reads GPTOSS_EXPERT_PATH, default auto); `kernels` is the Metal kernel set to use.
     """
     directory = Path(path).expanduser()
     if not directory.is_dir():
@@ -91,13 +96,16 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False)
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r} (choose bfloat16 or float32)")
     target = DTYPES[dtype]
-    args = ModelArgs.from_path(directory)
+    args, overrides = read_model_config(directory)
     weights = _read_weights(directory)
     _check_layout(directory, weights)
-    model = Model(args)
-    model.dtype = target
+    try:
+        path = experts if not isinstance(experts, (str, type(None))) else choose_expert_path(experts, kernels)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
+    model = Model(args, path)
+    model.model.dtype = target
     weights = model.sanitize(weights)
-    overrides = args.dense_quantization
     nn.quantize(model, class_predicate=lambda p, m: _quant_params(p, m, weights, overrides))
 
     expected = dict(nn.utils.tree_flatten(model.parameters()))

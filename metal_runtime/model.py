@@ -13,9 +13,11 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from gptoss_metal.architecture import SLIDING, Architecture
+
 from .cache import Mask, ModelCache
-from .config import ModelArgs
 from .errors import ContextOverflowError
+from .expert_paths import ExpertPath, choose_expert_path
 from .moe import MLPBlock
 from .rope import YarnRope
 
@@ -33,7 +35,7 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, rope: YarnRope):
+    def __init__(self, args: Architecture, rope: YarnRope):
         super().__init__()
         H, hd = args.hidden_size, args.head_dim
         self.n_heads, self.n_kv, self.head_dim = args.num_attention_heads, args.num_key_value_heads, hd
@@ -60,12 +62,12 @@ class Attention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs, rope: YarnRope):
+    def __init__(self, args: Architecture, rope: YarnRope, experts: ExpertPath):
         super().__init__()
         self.self_attn = Attention(args, rope)
         self.mlp = MLPBlock(
             args.hidden_size, args.intermediate_size, args.num_local_experts,
-            args.num_experts_per_tok, args.swiglu_limit, args.swiglu_alpha,
+            args.num_experts_per_tok, args.swiglu_limit, args.swiglu_alpha, experts,
         )
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
@@ -73,20 +75,6 @@ class TransformerBlock(nn.Module):
     def __call__(self, x: mx.array, mask: Mask, cache=None, offset: int = 0) -> mx.array:
         h = x + self.self_attn(self.input_layernorm(x), mask, cache, offset)
         return h + self.mlp(self.post_attention_layernorm(h))
-
-
-class GptOssModel(nn.Module):
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        rope = YarnRope(
-            args.head_dim, args.rope_theta, args.rope_factor, args.rope_original_context,
-            args.rope_beta_fast, args.rope_beta_slow, args.rope_truncate,
-        )
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [TransformerBlock(args, rope) for _ in range(args.num_hidden_layers)]
-        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.layer_types = list(args.layer_types)
-        self.window = args.sliding_window
 
 
 def _uncached_masks(n: int, window: int) -> tuple[Mask, Mask]:
@@ -97,40 +85,65 @@ def _uncached_masks(n: int, window: int) -> tuple[Mask, Mask]:
     return "causal", (d >= 0) & (d < window)
 
 
-class Model(nn.Module):
-    """gpt-oss: tokens [B, T] -> logits [B, T, vocab]."""
+class GptOssModel(nn.Module):
+    """Embedding, the transformer blocks (sliding and full attention alternating), the final norm."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: Architecture, experts: ExpertPath):
         super().__init__()
         self.args = args
-        self.model_type = args.model_type
-        self.model = GptOssModel(args)
-        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-        self.dtype = mx.bfloat16
+        rope = YarnRope(args)
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [TransformerBlock(args, rope, experts) for _ in range(args.num_hidden_layers)]
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.dtype = mx.bfloat16  # activations; set by the loader
 
-    @property
-    def layers(self) -> list[TransformerBlock]:
-        return self.model.layers
-
-    def make_cache(self, trim_slack: int = 0) -> ModelCache:
-        return ModelCache(self.model.layer_types, self.args.sliding_window, trim_slack)
-
-    def hidden_states(self, tokens: mx.array, cache: Optional[ModelCache] = None) -> mx.array:
-        B, T = tokens.shape
+    def __call__(self, inputs: mx.array, cache: Optional[ModelCache] = None) -> mx.array:
+        """tokens [B, T] -> final hidden states [B, T, H]."""
+        B, T = inputs.shape
         offset = cache.offset if cache is not None else 0
         if offset + T > self.args.max_position_embeddings:
             raise ContextOverflowError(
                 f"{offset + T} positions exceed the model's context of {self.args.max_position_embeddings}"
             )
-        full_mask, sliding_mask = cache.masks(T) if cache is not None else _uncached_masks(T, self.model.window)
-        x = self.model.embed_tokens(tokens).astype(self.dtype)
-        for i, (layer, kind) in enumerate(zip(self.model.layers, self.model.layer_types)):
-            mask = sliding_mask if kind == "sliding_attention" else full_mask
+        full_mask, sliding_mask = cache.masks(T) if cache is not None else _uncached_masks(T, self.args.sliding_window)
+        x = self.embed_tokens(inputs).astype(self.dtype)
+        for i, (layer, kind) in enumerate(zip(self.layers, self.args.layer_types)):
+            mask = sliding_mask if kind == SLIDING else full_mask
             x = layer(x, mask, cache[i] if cache is not None else None, offset)
-        return self.model.norm(x)
+        return self.norm(x)
 
-    def __call__(self, tokens: mx.array, cache: Optional[ModelCache] = None) -> mx.array:
-        return self.lm_head(self.hidden_states(tokens, cache))
+
+class Model(nn.Module):
+    """gpt-oss: tokens [B, T] -> logits [B, T, vocab].
+
+    `experts` is how every MoE block evaluates its experts (expert_paths.py); the loader chooses it
+    once for the backend.
+    """
+
+    def __init__(self, args: Architecture, experts: Optional[ExpertPath] = None):
+        super().__init__()
+        self.model_type = "gpt_oss"
+        self.expert_path = experts if experts is not None else choose_expert_path()
+        self.model = GptOssModel(args, self.expert_path)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(self, inputs: mx.array, cache: Optional[ModelCache] = None) -> mx.array:
+        return self.lm_head(self.model(inputs, cache))
+
+    @property
+    def args(self) -> Architecture:
+        return self.model.args
+
+    @property
+    def layers(self) -> list[TransformerBlock]:
+        return self.model.layers
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        return self.model.dtype
+
+    def make_cache(self, trim_slack: int = 0) -> ModelCache:
+        return ModelCache(self.args.layer_types, self.args.sliding_window, trim_slack)
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Runtime-layout weights need no renaming; drop tensors the model derives itself."""

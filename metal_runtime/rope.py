@@ -1,41 +1,27 @@
 """Rotary embedding with YaRN scaling exactly as openai/gpt-oss computes it.
 
-The NTK-by-parts correction range is used UNROUNDED (low ~8.093, high ~17.398 for gpt-oss);
-rounding it to integers (floor/ceil, HF's `truncate: true`) is a known divergence from the
-reference. The YaRN concentration 0.1*ln(factor)+1 multiplies cos and sin, which equals scaling
-the rotated input by it.
+The NTK-by-parts correction range comes from `Architecture.yarn_correction_range` (unrounded,
+~8.093 to ~17.398 for gpt-oss; rounding it is a known divergence elsewhere). The YaRN
+concentration 0.1*ln(factor)+1 multiplies cos and sin, which equals scaling the rotated input by it.
 """
 
 from __future__ import annotations
 
-import math
-
 import mlx.core as mx
 import numpy as np
 
+from gptoss_metal.architecture import Architecture
 
-def yarn_inv_freq(
-    head_dim: int,
-    base: float,
-    factor: float,
-    original_context: int,
-    beta_fast: float,
-    beta_slow: float,
-    truncate: bool = False,
-) -> tuple[np.ndarray, float]:
-    """(inverse frequencies [head_dim/2] in float64, concentration)."""
-    freq = base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    if factor <= 1.0:
-        return 1.0 / freq, 1.0
-    d_half = head_dim / 2
-    low = d_half * math.log(original_context / (beta_fast * 2 * math.pi)) / math.log(base)
-    high = d_half * math.log(original_context / (beta_slow * 2 * math.pi)) / math.log(base)
-    if truncate:
-        low, high = math.floor(low), math.ceil(high)
-    ramp = (np.arange(d_half, dtype=np.float64) - low) / (high - low)
+
+def yarn_inv_freq(arch: Architecture) -> np.ndarray:
+    """Inverse frequencies [head_dim/2] in float64."""
+    freq = arch.rope_theta ** (np.arange(0, arch.head_dim, 2, dtype=np.float64) / arch.head_dim)
+    if arch.rope_factor <= 1.0:
+        return 1.0 / freq
+    low, high = arch.yarn_correction_range()
+    ramp = (np.arange(arch.head_dim / 2, dtype=np.float64) - low) / (high - low)
     mask = 1.0 - np.clip(ramp, 0.0, 1.0)
-    inv_freq = (1.0 / (factor * freq)) * (1.0 - mask) + (1.0 / freq) * mask
-    return inv_freq, 0.1 * math.log(factor) + 1.0
+    return (1.0 / (arch.rope_factor * freq)) * (1.0 - mask) + (1.0 / freq) * mask
 
 
 class YarnRope:
@@ -44,14 +30,11 @@ class YarnRope:
     Not an nn.Module on purpose: it holds no parameters (the frequencies are derived).
     """
 
-    def __init__(self, head_dim: int, base: float, factor: float, original_context: int,
-                 beta_fast: float, beta_slow: float, truncate: bool = False):
-        inv_freq, self.concentration = yarn_inv_freq(
-            head_dim, base, factor, original_context, beta_fast, beta_slow, truncate
-        )
-        self.head_dim = head_dim
+    def __init__(self, arch: Architecture):
+        self.head_dim = arch.head_dim
+        self.concentration = arch.yarn_concentration
         # mx.fast.rope takes periods (angle = position / period)
-        self._periods = mx.array((1.0 / inv_freq).astype(np.float32))
+        self._periods = mx.array((1.0 / yarn_inv_freq(arch)).astype(np.float32))
 
     def __call__(self, x: mx.array, offset: int) -> mx.array:
         if self.concentration != 1.0:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gptoss_metal.converters import PRESETS, inspect_checkpoint, parameter_counts
+from gptoss_metal.converters import PRESETS, inspect_checkpoint
 from gptoss_metal.metal_runtime import load
 from gptoss_metal.metal_runtime.bench import APPLE_BANDWIDTH_GBS, bytes_per_decoded_token, projected_decode_tps
 
@@ -33,7 +33,7 @@ def test_projection_is_bandwidth_over_bytes():
 
 def test_20b_bytes_per_token_from_parameter_counts():
     """The issue's figures: ~3.7 GB per decoded token for 20b in bf16 + MXFP4 (3.6B active params)."""
-    c = parameter_counts(PRESETS["20b"])
+    c = PRESETS["20b"].parameter_counts()
     assert 3.5e9 < c.active < 3.7e9 and 20.5e9 < c.total < 21.5e9
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -59,7 +61,7 @@ def test_pipelined_cache_holds_prompt_and_fed_tokens(model):
 
 def test_context_limit_stops_with_length(tiny_runtime):
     m = load(tiny_runtime, dtype="float32")
-    m.args.max_position_embeddings = len(PROMPT) + 3
+    m.model.args = dataclasses.replace(m.args, max_position_embeddings=len(PROMPT) + 3)
     stats = GenerationStats()
     out = list(generate(m, PROMPT, max_tokens=50, temperature=0.0, stats=stats))
     assert len(out) == 4 and stats.finish_reason == "length"

@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from gptoss_metal.metal_runtime.kernels import KernelSet, experts_down_twin, experts_up_twin, route_twin, set_default_kernels, spec
+from gptoss_metal.metal_runtime.kernels import KernelSet, experts_down_twin, experts_up_twin, route_twin, spec
 from gptoss_metal.metal_runtime.kernels import sources
 from msl.harness import HarnessError, MSLKernel, compiler
 from msl.mlx_bridge import HarnessExecutor, to_host
@@ -75,7 +75,7 @@ def test_signature_matches_mlx_for_our_kernels(tmp_path, kernel):
                         {"shape": [4, 64, 8], "dtype": "uint32"}, {"shape": [4, 64, 2], "dtype": "uint8"},
                         {"shape": [4, 64], "dtype": "bfloat16"}, {"shape": [4, 64, 8], "dtype": "uint32"},
                         {"shape": [4, 64, 2], "dtype": "uint8"}, {"shape": [4, 64], "dtype": "bfloat16"}],
-                       sources.experts_up_launch(1, 4, 64, 64, 7.0)["template"], ["float32"]),
+                       sources.experts_up_launch(1, 4, 64, 64, 7.0, 1.702)["template"], ["float32"]),
         "experts_down": ([{"shape": [1, 4, 64], "dtype": "float32"}, {"shape": [1, 4], "dtype": "uint32"},
                           {"shape": [1, 4], "dtype": "float32"}, {"shape": [4, 64, 8], "dtype": "uint32"},
                           {"shape": [4, 64, 2], "dtype": "uint8"}, {"shape": [4, 64], "dtype": "bfloat16"}],
@@ -169,7 +169,7 @@ def make_experts(e: int, h: int, i: int, seed: int, scale_bytes=(119, 124)):
 def run_up(x, idx, m, schedule):
     n, k = idx.shape
     h, i = x.shape[-1], m.gate_proj.weight.shape[1]
-    launch = sources.experts_up_launch(n, k, h, i, m.limit)
+    launch = sources.experts_up_launch(n, k, h, i, m.limit, m.alpha)
     ins = [x, idx, m.gate_proj.weight, m.gate_proj.scales, m.gate_proj.bias, m.up_proj.weight, m.up_proj.scales,
            m.up_proj.bias]
     (act,) = harness("experts_up")(inputs=[to_host(a) for a in ins], template=launch["template"], grid=launch["grid"],
@@ -202,9 +202,10 @@ DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 @pytest.mark.parametrize("xdtype", list(DTYPES))
 def test_experts_up_matches_twin(n, k, e, h, i, xdtype):
     m = make_experts(e, h, i, seed=n * 7 + h)
+    m.alpha = 1.25 if n == 3 else 1.702  # alpha is a config field: the kernel must take it, not assume 1.702
     x = mx.random.normal((n, h), key=mx.random.key(h + i)).astype(DTYPES[xdtype])
     idx = mx.array(np.random.default_rng(i).integers(0, e, (n, k)).astype(np.uint32))
-    want = experts_up_twin(x, idx, m.gate_proj, m.up_proj, m.limit)
+    want = experts_up_twin(x, idx, m.gate_proj, m.up_proj, m.limit, m.alpha)
     for schedule in SCHEDULES:
         _close(run_up(x, idx, m, schedule), want, 1e-5)
 
@@ -237,7 +238,7 @@ def test_every_fp4_code_and_extreme_scale_bytes():
         mag = 1e-30 if scale == 254 else 1.0
         x = mx.array(np.random.default_rng(1).standard_normal((1, h)).astype(np.float32) * mag)
         idx = mx.array([[0, 1, 1, 0]], dtype=mx.uint32)
-        want = experts_up_twin(x, idx, m.gate_proj, m.up_proj, m.limit)
+        want = experts_up_twin(x, idx, m.gate_proj, m.up_proj, m.limit, m.alpha)
         got = run_up(x, idx, m, "random")
         _close(got, want, 1e-5)
 
@@ -276,22 +277,19 @@ def test_harness_reports_divergent_collectives_and_partial_barriers():
 
 @pytest.fixture
 def harness_kernels():
-    ks = KernelSet(executor=HarnessExecutor("random"), mode="auto")
-    set_default_kernels(ks)
-    yield ks
-    set_default_kernels(None)
+    return KernelSet(executor=HarnessExecutor("random"), mode="auto")
 
 
 def test_model_decode_through_the_kernels_matches_the_twins(tiny_runtime, harness_kernels):
     from gptoss_metal.metal_runtime import load
 
-    model = load(tiny_runtime, dtype="float32")
+    model = load(tiny_runtime, dtype="float32", experts="kernels", kernels=harness_kernels)
     seq = [200006, 17360, 200008, 12194, 11, 2375]
     cache = model.make_cache()
     with_kernels = [_np(model(mx.array([[t]]), cache))[0, 0] for t in seq]
     assert harness_kernels.executor.calls > 0
     assert set(harness_kernels.status().values()) == {"passed"}
-    set_default_kernels(KernelSet(mode="off"))
+    model = load(tiny_runtime, dtype="float32", experts="twin")
     cache = model.make_cache()
     with_twins = [_np(model(mx.array([[t]]), cache))[0, 0] for t in seq]
     np.testing.assert_allclose(np.stack(with_kernels), np.stack(with_twins), atol=2e-5, rtol=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import mlx.core as mx
@@ -9,6 +11,7 @@ import mlx.core as mx
 from gptoss_metal.converters import convert
 from gptoss_metal.metal_runtime import load
 from gptoss_metal.metal_runtime.errors import CacheError, ContextOverflowError, ModelLoadError
+from gptoss_metal.metal_runtime.expert_paths import HostPath, MLXPath, TwinPath
 from reference import Reference
 
 WINDOW = 8  # tiny preset
@@ -30,10 +33,11 @@ def _np(a: mx.array) -> np.ndarray:
     return np.array(a.astype(mx.float32))
 
 
-@pytest.mark.parametrize("path", ["twin", "sorted", "host"])
-def test_float32_logits_match_float64_reference(model32, ref_logits, monkeypatch, path):
-    monkeypatch.setenv("GPTOSS_EXPERT_PATH", path)  # every expert path the model may pick
-    got = _np(model32(mx.array([SEQ])))[0]
+@pytest.mark.parametrize("path", [TwinPath(), MLXPath(sort_min_pairs=1), MLXPath(sort_min_pairs=10**9),
+                                  HostPath(min_rows=1)], ids=["twin", "mlx-sorted", "mlx-gathered", "host"])
+def test_float32_logits_match_float64_reference(tiny_runtime, ref_logits, path):
+    model = load(tiny_runtime, dtype="float32", experts=path)  # every expert path the model may pick
+    got = _np(model(mx.array([SEQ])))[0]
     err = np.abs(got - ref_logits).max()
     assert err <= 1e-4, err
     assert np.abs(ref_logits).max() > 1.0  # a meaningful scale, not all-zero logits
@@ -136,7 +140,7 @@ def test_bfloat16_model_tracks_the_reference(tiny_runtime, ref_logits):
 
 def test_context_overflow_is_a_clear_error(tiny_runtime):
     model = load(tiny_runtime, dtype="float32")
-    model.args.max_position_embeddings = 16
+    model.model.args = dataclasses.replace(model.args, max_position_embeddings=16)
     cache = model.make_cache()
     model(mx.array([SEQ[:10]]), cache)
     with pytest.raises(ContextOverflowError, match="exceed the model's context of 16"):

@@ -10,7 +10,8 @@
 // (applied once per 16 values), so any H that is a multiple of 32 works (H = 2880 -> 180 chunks).
 // simd_sum reduces the 32 partial sums; lane 0 adds biases, applies SwiGLU and writes.
 // Rows past I (ragged edge) compute on row 0 but do not write, keeping control flow uniform.
-// Template: H, I (rows), K (experts per token), LIMIT_X1000 (swiglu limit * 1000).
+// Template: H, I (rows), K (experts per token), LIMIT_X1000 and ALPHA_X1000 (swiglu limit and
+// alpha * 1000; both config fields).
   GPTOSS_TG_ARRAY(float, xs, H);
   const uint pair = threadgroup_position_in_grid.y;
   const uint n = pair / uint(K);
@@ -44,12 +45,13 @@
   }
   if (lane == 0) {
     const float limit = float(LIMIT_X1000) / 1000.0f;
+    const float alpha = float(ALPHA_X1000) / 1000.0f;
     for (int r = 0; r < 4; ++r) {
       const uint row = row0 + uint(r);
       if (row < uint(I)) {
         const float gv = g[r] + float(gate_bias[e * uint(I) + row]);
         const float uv = u[r] + float(up_bias[e * uint(I) + row]);
-        act[pair * uint(I) + row] = gptoss_swiglu(gv, uv, limit, 1.702f);
+        act[pair * uint(I) + row] = gptoss_swiglu(gv, uv, limit, alpha);
       }
     }
   }

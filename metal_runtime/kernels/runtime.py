@@ -25,6 +25,8 @@ from .twins import experts_down_twin, experts_up_twin, route_twin
 
 # executor(spec) -> callable with mx.fast.metal_kernel's call signature, returning output arrays
 Executor = Callable[[sources.KernelSpec], Callable[..., list]]
+RouteFn = Callable[[mx.array, int], tuple[mx.array, mx.array]]
+ExpertsFn = Callable[..., mx.array]
 MAX_KERNEL_TOKENS = 8  # the kernels are decode kernels (1..8 tokens)
 
 
@@ -115,7 +117,9 @@ class KernelSet:
                                         output_dtypes=[mx.uint32, mx.float32], **launch)
         return idx, w
 
-    def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    def route(self, logits: mx.array, k: int, fallback: Optional[RouteFn] = None) -> tuple[mx.array, mx.array]:
+        """Top-k of logits [N <= 8, E]: the kernel where it passed its self-test, else `fallback` (the twin)."""
+        fallback = fallback or route_twin
         n, e = logits.shape
         key = ("router", e, k, str(logits.dtype))
         if self.active and n <= MAX_KERNEL_TOKENS:
@@ -131,14 +135,14 @@ class KernelSet:
 
             if self._checked(key, selftest):
                 return self._router_call(logits, k)
-        return route_twin(logits, k)
+        return fallback(logits, k)
 
     # -- experts ---------------------------------------------------------------------------
 
     def _experts_call(self, x: mx.array, idx: mx.array, w: mx.array, m) -> mx.array:
         n, k = idx.shape
         hidden, inter = x.shape[-1], m.gate_proj.weight.shape[1]
-        up = sources.experts_up_launch(n, k, hidden, inter, m.limit)
+        up = sources.experts_up_launch(n, k, hidden, inter, m.limit, m.alpha)
         (act,) = self._kernel("experts_up")(
             inputs=[x, idx, m.gate_proj.weight, m.gate_proj.scales, m.gate_proj.bias, m.up_proj.weight,
                     m.up_proj.scales, m.up_proj.bias],
@@ -149,8 +153,9 @@ class KernelSet:
             output_shapes=[(n, hidden)], output_dtypes=[x.dtype], **down)
         return y
 
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, m) -> mx.array:
-        """y [N, H] for N <= 8 tokens: kernels where they passed their self-test, else the twins."""
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, m, fallback: Optional[ExpertsFn] = None) -> mx.array:
+        """y [N, H] for N <= 8 tokens: kernels where they passed their self-test, else `fallback` (the twins)."""
+        fallback = fallback or twin_experts
         hidden, inter = x.shape[-1], m.gate_proj.weight.shape[1]
         key = ("experts", hidden, inter, m.num_experts, idx.shape[-1], str(x.dtype))
         if self.active and idx.shape[0] <= MAX_KERNEL_TOKENS:
@@ -165,25 +170,9 @@ class KernelSet:
 
             if self._checked(key, selftest):
                 return self._experts_call(x, idx, w, m)
-        return twin_experts(x, idx, w, m)
+        return fallback(x, idx, w, m)
 
 
 def twin_experts(x: mx.array, idx: mx.array, w: mx.array, m) -> mx.array:
     act = experts_up_twin(x, idx, m.gate_proj, m.up_proj, m.limit, m.alpha)
     return experts_down_twin(act, idx, w, m.down_proj, x.dtype)
-
-
-_DEFAULT: Optional[KernelSet] = None
-
-
-def default_kernels() -> KernelSet:
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = KernelSet()
-    return _DEFAULT
-
-
-def set_default_kernels(kernels: Optional[KernelSet]) -> None:
-    """Install a KernelSet (tests install one backed by the CPU harness); None resets."""
-    global _DEFAULT
-    _DEFAULT = kernels

@@ -50,10 +50,19 @@ def router_launch(n_tokens: int, n_experts: int, k: int) -> dict:
             "template": [("E", n_experts), ("K", k), ("PER_LANE", -(-n_experts // SIMD))]}
 
 
-def experts_up_launch(n_tokens: int, k: int, hidden: int, inter: int, limit: float) -> dict:
+def milli(value: float, what: str) -> int:
+    """A config constant as the integer template argument `value * 1000` (exact in three decimals)."""
+    m = round(value * 1000)
+    if abs(m - value * 1000) > 1e-6:
+        raise ValueError(f"{what} {value} has more than three decimals; the kernels take it as an integer x1000")
+    return int(m)
+
+
+def experts_up_launch(n_tokens: int, k: int, hidden: int, inter: int, limit: float, alpha: float) -> dict:
     groups = -(-inter // ROWS_PER_THREADGROUP)
     return {"grid": (THREADGROUP * groups, n_tokens * k, 1), "threadgroup": (THREADGROUP, 1, 1),
-            "template": [("H", hidden), ("I", inter), ("K", k), ("LIMIT_X1000", int(round(limit * 1000)))]}
+            "template": [("H", hidden), ("I", inter), ("K", k), ("LIMIT_X1000", milli(limit, "swiglu_limit")),
+                         ("ALPHA_X1000", milli(alpha, "swiglu_alpha"))]}
 
 
 def experts_down_launch(n_tokens: int, k: int, hidden: int, inter: int, out_dtype) -> dict:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-GROUP = 32
+from gptoss_metal.architecture import MXFP4_GROUP as GROUP
+
+from ..moe import swiglu
 
 
 def route_twin(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
@@ -31,14 +33,12 @@ def _gather_f32(x: mx.array, weight: mx.array, scales: mx.array, idx: mx.array) 
                          mode="mxfp4")
 
 
-def experts_up_twin(x: mx.array, idx: mx.array, gate, up, limit: float, alpha: float = 1.702) -> mx.array:
+def experts_up_twin(x: mx.array, idx: mx.array, gate, up, limit: float, alpha: float) -> mx.array:
     """act [N, k, I] (float32) = swiglu(gate_e x + b, up_e x + b) for each token and its k experts."""
     xf = x.astype(mx.float32)[:, None, None, :]
     g = _gather_f32(xf, gate.weight, gate.scales, idx).squeeze(-2) + gate.bias[idx].astype(mx.float32)
     u = _gather_f32(xf, up.weight, up.scales, idx).squeeze(-2) + up.bias[idx].astype(mx.float32)
-    g = mx.minimum(g, limit)
-    u = mx.clip(u, -limit, limit)
-    return g * mx.sigmoid(alpha * g) * (u + 1.0)
+    return swiglu(g, u, limit, alpha)
 
 
 def experts_down_twin(act: mx.array, idx: mx.array, weights: mx.array, down, out_dtype) -> mx.array:
