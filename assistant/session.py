@@ -3,7 +3,7 @@
 A turn is: the user's message, then generations until a final answer -- each tool call the model
 makes is executed (built-in python, or a registered Python function), its result appended, and
 generation continues, up to a step limit. History keeps the model's own tokens for every complete
-message (`harmony_messages`), so the next prompt starts with exactly what the cache holds and only
+message (its exact history), so the next prompt starts with exactly what the cache holds and only
 the new part is prefilled.
 """
 
@@ -14,14 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
-from gptoss_metal.harmony_io import AssistantTurn, Event, HarmonyIOError, render
+from gptoss_metal.harmony_io import (
+    EXACT_HISTORY,
+    AssistantTurn,
+    Event,
+    HarmonyIOError,
+    function_recipient,
+    history_message,
+    reasoning_effort,
+    render,
+)
 from gptoss_metal.harmony_io.shapes import ToolCall
 
 from .engine import Engine, TurnStats
 from .tools.functions import FunctionRegistry
 from .tools.python_tool import PythonTool
 
-SAVE_VERSION = 1
+SAVE_VERSION = 2  # 1: exact history was stored under "harmony_messages"
 
 
 @dataclass
@@ -107,9 +116,7 @@ class ChatSession:
         self.functions.register(fn, name=name, description=description, parameters=parameters)
 
     def set_effort(self, effort: str) -> None:
-        if effort not in ("low", "medium", "high"):
-            raise HarmonyIOError(f"effort must be low, medium or high, got {effort!r}")
-        self.effort = effort
+        self.effort = reasoning_effort(effort)
 
     def reset(self) -> None:
         self.messages = []
@@ -118,14 +125,15 @@ class ChatSession:
     def tool_names(self) -> list[str]:
         return (["python"] if self.python else []) + list(self.functions.tools)
 
-    def _declared_recipients(self) -> list[str]:
-        return (["python"] if self.python else []) + [f"functions.{n}" for n in self.functions.tools]
-
-    def prompt_tokens(self) -> list[int]:
+    def render(self):
+        """The next prompt (tokens, and the tools it declares as the model addresses them)."""
         msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
         return render(msgs, tools=self.functions.specs(), reasoning_effort=self.effort,
                       current_date=self.current_date, builtin_tools=("python",) if self.python else (),
-                      keep_analysis=self.keep_analysis).tokens
+                      keep_analysis=self.keep_analysis)
+
+    def prompt_tokens(self) -> list[int]:
+        return self.render().tokens
 
     # -- a turn ------------------------------------------------------------------------------
 
@@ -140,16 +148,17 @@ class ChatSession:
             stats = TurnStats()
             report.steps.append(stats)
             completed = False
+            prompt = self.render()
             try:
                 for ev in self.engine.stream(
-                    self.prompt_tokens(), max_tokens=self.max_tokens, temperature=self.temperature,
-                    top_p=self.top_p, seed=self.seed, tools=self._declared_recipients(), stats=stats,
+                    prompt.tokens, max_tokens=self.max_tokens, temperature=self.temperature,
+                    top_p=self.top_p, seed=self.seed, tools=prompt.recipients, stats=stats,
                 ):
                     turn.add(ev)
                     yield ev
                 completed = True
             finally:
-                self.messages.append(self._assistant_message(turn, interrupted=not completed))
+                self.messages.append(history_message(turn, interrupted=not completed))
                 if not completed:
                     report.interrupted = True
                     report.finish_reason = "interrupted"
@@ -176,31 +185,12 @@ class ChatSession:
         if call.recipient == "python" and self.python is not None:
             out = self.python.run(call.arguments)
             return ToolResult("python", call.id, out.text, out.status)
-        if call.recipient.startswith("functions.") and call.name in self.functions.tools:
+        if call.name in self.functions.tools and call.recipient == function_recipient(call.name):
             text = self.functions.call(call.name, call.arguments)
             return ToolResult(call.name, call.id, text, "error" if text.startswith("error:") else "ok")
         return ToolResult(call.name, call.id,
                           f"error: there is no tool {call.recipient!r}; available: {', '.join(self.tool_names()) or 'none'}",
                           "unknown")
-
-    @staticmethod
-    def _assistant_message(turn: AssistantTurn, interrupted: bool) -> dict[str, Any]:
-        msg: dict[str, Any] = {"role": "assistant", "content": turn.visible_text}
-        if interrupted:
-            # the partial answer stays (marked); its unfinished reasoning and calls do not
-            msg["interrupted"] = True
-            return msg
-        if turn.reasoning:
-            msg["reasoning"] = turn.reasoning
-        if turn.tool_calls:
-            msg["tool_calls"] = [
-                {"id": c.id, "type": "function", "channel": c.channel,
-                 "function": {"name": c.name, "arguments": c.arguments}}
-                for c in turn.tool_calls
-            ]
-        if turn.exact_history:
-            msg["harmony_messages"] = turn.exact_history  # exact tokens: the next prompt matches the cache
-        return msg
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -216,9 +206,12 @@ class ChatSession:
             raise HarmonyIOError(f"{p}: no such file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise HarmonyIOError(f"{p}: not a saved conversation ({e})") from None
-        if not isinstance(data, dict) or data.get("version") != SAVE_VERSION or not isinstance(data.get("messages"), list):
+        if not isinstance(data, dict) or data.get("version") not in (1, SAVE_VERSION) \
+                or not isinstance(data.get("messages"), list):
             raise HarmonyIOError(f"{p}: not a saved gptoss conversation (version {SAVE_VERSION})")
         messages = data["messages"]
+        if data["version"] == 1:
+            messages = [_from_v1(m) for m in messages]
         render(messages)  # validate before replacing the current conversation
         self.messages = messages
         self.system = data.get("system")
@@ -227,3 +220,10 @@ class ChatSession:
     def close(self) -> None:
         if self.python is not None:
             self.python.close()
+
+
+def _from_v1(msg: Any) -> Any:
+    if isinstance(msg, dict) and "harmony_messages" in msg:
+        msg = dict(msg)
+        msg[EXACT_HISTORY] = msg.pop("harmony_messages")
+    return msg

@@ -1,4 +1,4 @@
-"""`gptoss chat`: the terminal front end of server.chat.ChatSession (rich output, readline input)."""
+"""`gptoss chat`: the terminal front end of assistant.ChatSession (rich output, readline input)."""
 
 from __future__ import annotations
 

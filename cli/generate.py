@@ -9,11 +9,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from gptoss_metal.harmony_io.render import REASONING_EFFORTS
+
 from .errors import handle_user_errors
 from .progress import byte_progress
 
 err = Console(stderr=True, highlight=False)
-EFFORTS = click.Choice(["low", "medium", "high"])
+EFFORTS = click.Choice(list(REASONING_EFFORTS))
 DTYPES = click.Choice(["bfloat16", "float32"])
 
 

@@ -6,8 +6,8 @@ What this adds to the library:
 - the per-turn analysis rule: reasoning of every turn that ended in a final answer is dropped,
   a turn still inside a tool loop keeps it (the library's `auto_drop_analysis` only drops what
   precedes the first final of the whole conversation);
-- exact history: an assistant message may carry `harmony_messages`, the model's own tokens as the
-  stream parser recorded them. They are spliced in verbatim (`<|return|>` stored as `<|end|>`), so a
+- exact history: an assistant message may carry `exact_history`, the model's own tokens as the
+  stream parser recorded them (history.py). They are spliced in verbatim (`<|return|>` stored as `<|end|>`), so a
   prompt cache keyed on tokens keeps matching what the model generated (the library would move
   `to=` before `<|channel|>` and re-tokenize the text);
 - tool schemas flattened into what the library's TypeScript rendering understands.
@@ -35,11 +35,14 @@ from openai_harmony import (
 )
 
 from .errors import HarmonyIOError
+from .history import EXACT_HISTORY
 from .schema import flatten_schema
 from .tokens import END, RETURN, assistant_header
 from .vocab import encoding
 
 EFFORTS = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
+REASONING_EFFORTS = tuple(EFFORTS)  # what the system message can say
+EFFORT_ALIASES = {"minimal": "low"}  # OpenAI's API value gpt-oss has no level for
 BUILTIN_TOOLS = ("python", "browser")
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 JSON_CONTENT_TYPE = "<|constrain|>json"
@@ -53,7 +56,7 @@ class FunctionTool:
 
 
 @dataclass(frozen=True)
-class RawMessage:
+class ExactMessage:
     """An assistant message exactly as generated: its tokens from `<|start|>` through its stop token."""
 
     tokens: tuple[int, ...]
@@ -61,7 +64,7 @@ class RawMessage:
     recipient: Optional[str] = None
 
 
-Item = Union[Message, RawMessage]
+Item = Union[Message, ExactMessage]
 
 
 @dataclass
@@ -69,6 +72,33 @@ class RenderedPrompt:
     tokens: list[int]
     has_function_tools: bool = False
     function_names: list[str] = field(default_factory=list)
+    builtin_tools: tuple[str, ...] = ()
+
+    @property
+    def recipients(self) -> list[str]:
+        """Every tool the prompt declares, as the model addresses it (`python`, `functions.get_weather`)."""
+        return list(self.builtin_tools) + [function_recipient(n) for n in self.function_names]
+
+
+def reasoning_effort(value: Optional[str], default: str = "medium") -> str:
+    """A reasoning effort the system message can state (`minimal` is read as `low`)."""
+    if value is None:
+        return default
+    value = EFFORT_ALIASES.get(value, value)
+    if value not in EFFORTS:
+        raise HarmonyIOError(f"reasoning effort must be one of {', '.join(REASONING_EFFORTS)}, got {value!r}")
+    return value
+
+
+def function_recipient(name: str, builtin: Iterable[str] = ()) -> str:
+    """How the model addresses a tool: built-ins by name, function tools in the `functions.` namespace."""
+    return name if name in set(builtin) else f"functions.{name}"
+
+
+def forced_function_call(name: str) -> list[int]:
+    """The header of a call to function `name`, for prefilling when the caller demands that call."""
+    header = f"<|channel|>commentary to={function_recipient(name)} {JSON_CONTENT_TYPE}<|message|>"
+    return encoding().encode(header, allowed_special="all")
 
 
 def parse_tools(tools: Optional[Sequence[dict]]) -> list[FunctionTool]:
@@ -117,6 +147,12 @@ def _text(content: Any, where: str) -> str:
     raise HarmonyIOError(f"{where}: content must be a string or a list of text parts")
 
 
+def _effort(value: str) -> str:
+    if value not in EFFORTS:  # the strict form: aliases are for API edges (reasoning_effort())
+        raise HarmonyIOError(f"reasoning_effort must be one of {sorted(EFFORTS)}, got {value!r}")
+    return value
+
+
 def system_message(
     reasoning_effort: str = "medium",
     model_identity: Optional[str] = None,
@@ -124,9 +160,7 @@ def system_message(
     current_date: Optional[str] = None,
     builtin_tools: Iterable[str] = (),
 ) -> Message:
-    if reasoning_effort not in EFFORTS:
-        raise HarmonyIOError(f"reasoning_effort must be one of {sorted(EFFORTS)}, got {reasoning_effort!r}")
-    sc = SystemContent.new().with_reasoning_effort(EFFORTS[reasoning_effort]).with_knowledge_cutoff(knowledge_cutoff)
+    sc = SystemContent.new().with_reasoning_effort(EFFORTS[_effort(reasoning_effort)]).with_knowledge_cutoff(knowledge_cutoff)
     if model_identity is not None:
         sc = sc.with_model_identity(model_identity)
     if current_date is not None:
@@ -141,20 +175,16 @@ def system_message(
     return Message.from_role_and_content(Role.SYSTEM, sc)
 
 
-def _recipient_for(name: str, builtin: set[str]) -> str:
-    return name if name in builtin else f"functions.{name}"
-
-
 def _assistant_items(msg: dict, where: str, builtin: set[str]) -> list[Item]:
-    raw = msg.get("harmony_messages")
+    raw = msg.get(EXACT_HISTORY)
     if raw:
         items: list[Item] = []
         for j, r in enumerate(raw):
             tokens = r.get("tokens") if isinstance(r, dict) else getattr(r, "tokens", None)
             if not tokens:
-                raise HarmonyIOError(f"{where}.harmony_messages[{j}]: no tokens")
+                raise HarmonyIOError(f"{where}.{EXACT_HISTORY}[{j}]: no tokens")
             get = (lambda k: r.get(k)) if isinstance(r, dict) else (lambda k: getattr(r, k, None))
-            items.append(RawMessage(tuple(int(t) for t in tokens), get("channel"), get("recipient")))
+            items.append(ExactMessage(tuple(int(t) for t in tokens), get("channel"), get("recipient")))
         return items
     items = []
     reasoning = msg.get("reasoning", msg.get("reasoning_content"))
@@ -172,7 +202,7 @@ def _assistant_items(msg: dict, where: str, builtin: set[str]) -> list[Item]:
             args = fn.get("arguments", "")
             if not isinstance(args, str):
                 args = json.dumps(args)
-            recipient = _recipient_for(fn["name"], builtin)
+            recipient = function_recipient(fn["name"], builtin)
             m = Message.from_role_and_content(Role.ASSISTANT, args).with_recipient(recipient)
             if recipient.startswith("functions."):
                 m = m.with_channel("commentary").with_content_type(JSON_CONTENT_TYPE)
@@ -241,7 +271,7 @@ def build_items(
                 name, channel = calls[call_id][0] or name, calls[call_id][1]
             if not isinstance(name, str) or not name:
                 raise HarmonyIOError(f"{where}: tool message needs a 'name' or a 'tool_call_id' of an earlier call")
-            author = _recipient_for(name, builtin)
+            author = function_recipient(name, builtin)
             if author in builtin:
                 channel = msg.get("channel", "analysis")
             m = (Message.from_author_and_content(Author.new(Role.TOOL, author), _text(msg.get("content"), where))
@@ -270,7 +300,7 @@ def developer_message(instructions: Sequence[str], tools: Sequence[FunctionTool]
     return Message.from_role_and_content(Role.DEVELOPER, dev)
 
 
-def _raw_history_tokens(raw: RawMessage) -> list[int]:
+def _exact_tokens(raw: ExactMessage) -> list[int]:
     toks = list(raw.tokens)
     if toks and toks[-1] == RETURN:
         toks[-1] = END  # a finished answer is stored as <|end|> in history
@@ -280,7 +310,7 @@ def _raw_history_tokens(raw: RawMessage) -> list[int]:
 def render_items(header: Sequence[Message], items: Sequence[Item], has_function_tools: bool) -> list[int]:
     """Tokens of header + items + `<|start|>assistant`."""
     enc = encoding()
-    if not any(isinstance(it, RawMessage) for it in items):
+    if not any(isinstance(it, ExactMessage) for it in items):
         conv = Conversation.from_messages(list(header) + list(items))
         return enc.render_conversation_for_completion(
             conv, Role.ASSISTANT, RenderConversationConfig(auto_drop_analysis=False)
@@ -288,7 +318,7 @@ def render_items(header: Sequence[Message], items: Sequence[Item], has_function_
     opts = RenderOptions(conversation_has_function_tools=has_function_tools)
     out: list[int] = []
     for m in list(header) + list(items):
-        out += _raw_history_tokens(m) if isinstance(m, RawMessage) else enc.render(m, opts)
+        out += _exact_tokens(m) if isinstance(m, ExactMessage) else enc.render(m, opts)
     return out + assistant_header()
 
 
@@ -331,12 +361,12 @@ def render(
     if dev is not None:
         header.append(dev)
     tokens = render_items(header, items, bool(functions))
-    return RenderedPrompt(tokens, bool(functions), [f.name for f in functions])
+    return RenderedPrompt(tokens, bool(functions), [f.name for f in functions], tuple(builtin_tools))
 
 
 def render_tool_result(name: str, content: str, *, channel: str = "commentary", builtin: bool = False) -> list[int]:
     """Tokens of one tool result message, to append after the model's raw tool call."""
-    author = name if builtin else f"functions.{name}"
+    author = name if builtin else function_recipient(name)
     m = (Message.from_author_and_content(Author.new(Role.TOOL, author), content)
          .with_channel(channel).with_recipient("assistant"))
     return encoding().render(m)

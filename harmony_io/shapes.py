@@ -53,7 +53,7 @@ class AssistantTurn:
     preamble: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: Optional[str] = None  # "stop" | "length" | "tool_calls"
-    harmony_messages: list[dict] = field(default_factory=list)  # raw tokens per message, for exact history
+    messages: list[dict] = field(default_factory=list)  # each generated message with its tokens
     id_factory: Callable[[str], str] = field(default=new_id, repr=False)
 
     def add(self, event: Event) -> None:
@@ -71,7 +71,7 @@ class AssistantTurn:
         elif isinstance(event, ToolCallEnd) and self.tool_calls:
             self.tool_calls[-1].complete = True
         elif isinstance(event, MessageEnd):
-            self.harmony_messages.append(
+            self.messages.append(
                 {"channel": event.channel, "recipient": event.recipient, "stop": event.stop,
                  "tokens": list(event.message_tokens)}
             )
@@ -86,7 +86,7 @@ class AssistantTurn:
     @property
     def exact_history(self) -> Optional[list[dict]]:
         """The raw messages, if every one of them closed properly (else history must be re-rendered)."""
-        msgs = self.harmony_messages
+        msgs = self.messages
         if msgs and all(m["stop"] in ("end", "return", "call") for m in msgs):
             return msgs
         return None

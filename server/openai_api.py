@@ -17,14 +17,18 @@ from gptoss_metal.harmony_io import (
     ChatStreamMapper,
     Done,
     Event,
+    ExactHistoryMemory,
     HarmonyIOError,
+    PreambleDelta,
     ReasoningDelta,
     ResponsesStreamMapper,
     TextDelta,
-    PreambleDelta,
     chat_message,
-    encoding,
+    forced_function_call,
+    history_message,
+    reasoning_effort,
     render,
+    responses_input_messages,
     responses_items,
     today,
 )
@@ -35,7 +39,6 @@ from .api_models import APIError, ChatCompletionRequest, ResponsesRequest
 from gptoss_metal.assistant import Engine, TurnStats
 from .scheduler import END, Job, QueueFull, Scheduler
 
-EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 DEFAULT_MAX_TOKENS = 4096
 DISCONNECT_POLL_S = 0.25
 
@@ -75,20 +78,6 @@ class LRU(OrderedDict):
             self.popitem(last=False)
 
 
-def _signature(msg: dict[str, Any]) -> Optional[tuple]:
-    """Identity of an assistant message as clients echo it back (reasoning is often omitted)."""
-    if msg.get("role") != "assistant":
-        return None
-    content = msg.get("content")
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    calls = tuple(
-        (c.get("function", {}).get("name"), c.get("function", {}).get("arguments"))
-        for c in (msg.get("tool_calls") or []) if isinstance(c, dict)
-    )
-    return (content or "", calls)
-
-
 class StopWatcher:
     """Cuts the visible text at the first client stop string, holding back possible prefixes."""
 
@@ -118,13 +107,13 @@ class StopWatcher:
 
 class OpenAIService:
     def __init__(self, engine: Engine, *, model_id: Optional[str] = None, aliases: tuple[str, ...] = (),
-                 max_queue: int = 64, raw_memory: int = 512, stored_responses: int = 256,
+                 max_queue: int = 64, exact_history_memory: int = 512, stored_responses: int = 256,
                  default_max_tokens: int = DEFAULT_MAX_TOKENS, current_date: Optional[str] = None):
         self.engine = engine
         self.model_id = model_id or engine.model_id
         self.names = {self.model_id, *aliases}
         self.scheduler = Scheduler(max_queue=max_queue)
-        self.raw = LRU(raw_memory)
+        self.exact_history = ExactHistoryMemory(exact_history_memory)
         self.responses = LRU(stored_responses)
         self.default_max_tokens = default_max_tokens
         self.current_date = current_date
@@ -141,25 +130,13 @@ class OpenAIService:
         return {"object": "list", "data": [{"id": n, "object": "model", "created": self.created,
                                             "owned_by": "gptoss-metal"} for n in sorted(self.names)]}
 
-    def _attach_raw(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for m in messages:
-            if isinstance(m, dict) and m.get("role") == "assistant" and not m.get("harmony_messages"):
-                raw = self.raw.get(_signature(m))
-                if raw is not None:
-                    m = dict(m, harmony_messages=raw)
-            out.append(m)
-        return out
-
-    def _remember(self, turn: AssistantTurn) -> None:
-        if turn.exact_history:
-            self.raw.put(_signature(chat_message(turn)), turn.exact_history)
-
     def prepare(self, messages: list[dict[str, Any]], *, tools: Optional[list[dict]], tool_choice: Any,
                 effort: Optional[str], max_tokens: Optional[int], temperature: Optional[float],
                 top_p: Optional[float], seed: Optional[int], stop: Any = None) -> Generation:
-        if effort is not None and effort not in EFFORTS:
-            raise APIError(400, f"reasoning effort must be one of {sorted(EFFORTS)}", param="reasoning_effort")
+        try:
+            effort = reasoning_effort(effort)
+        except HarmonyIOError as e:
+            raise APIError(400, str(e), param="reasoning_effort") from None
         forced: list[int] = []
         declared_tools = tools or []
         if tool_choice == "none":
@@ -170,14 +147,13 @@ class OpenAIService:
             names = {(t.get("function", t) or {}).get("name") for t in declared_tools if isinstance(t, dict)}
             if not name or name not in names:
                 raise APIError(400, f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")
-            forced = encoding().encode(
-                f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>", allowed_special="all")
+            forced = forced_function_call(name)
         elif tool_choice == "required":
             raise APIError(400, "tool_choice 'required' is not supported; name a function instead", param="tool_choice")
         elif tool_choice not in (None, "auto"):
             raise APIError(400, f"invalid tool_choice {tool_choice!r}", param="tool_choice")
         try:
-            rendered = render(self._attach_raw(messages), tools=declared_tools, reasoning_effort=EFFORTS[effort or "medium"],
+            rendered = render(self.exact_history.attach(messages), tools=declared_tools, reasoning_effort=effort,
                               current_date=self.current_date or today())
         except HarmonyIOError as e:
             raise APIError(400, str(e), param="messages") from None
@@ -190,7 +166,7 @@ class OpenAIService:
         if len(stops) > 4:
             raise APIError(400, "at most 4 stop sequences", param="stop")
         return Generation(
-            messages=messages, prompt=rendered.tokens, tools=[f"functions.{n}" for n in rendered.function_names],
+            messages=messages, prompt=rendered.tokens, tools=rendered.recipients,
             forced_prefix=forced, max_tokens=min(max_tokens or self.default_max_tokens, room),
             temperature=1.0 if temperature is None else temperature, top_p=1.0 if top_p is None else top_p,
             seed=seed, stop=stops,
@@ -283,7 +259,7 @@ class OpenAIService:
             if rest:
                 for out in emit(TextDelta(rest)):
                     yield out
-        self._remember(turn)
+        self.exact_history.remember(turn)
         yield Outcome(turn, stats, self._finish(turn, stats, watcher.hit), reasoning_tokens)
 
     @staticmethod
@@ -373,32 +349,12 @@ class OpenAIService:
             if stored is None:
                 raise APIError(404, f"Previous response {req.previous_response_id!r} not found (the server keeps "
                                f"the last {self.responses.capacity} in memory)", param="previous_response_id")
-            history = [dict(m) for m in stored]
+            history = stored
         items = [{"role": "user", "content": req.input}] if isinstance(req.input, str) else req.input
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise APIError(400, f"input[{i}] must be an object", param="input")
-            kind = item.get("type", "message")
-            if kind == "message":
-                history.append({"role": item.get("role", "user"), "content": item.get("content")})
-            elif kind == "function_call":
-                call = {"id": item.get("call_id"), "type": "function",
-                        "function": {"name": item.get("name"), "arguments": item.get("arguments", "")}}
-                if history and history[-1].get("role") == "assistant" and not history[-1].get("content") \
-                        and "harmony_messages" not in history[-1]:
-                    history[-1].setdefault("tool_calls", []).append(call)
-                else:
-                    history.append({"role": "assistant", "content": None, "tool_calls": [call]})
-            elif kind == "function_call_output":
-                out = item.get("output")
-                history.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                                "content": out if isinstance(out, str) else json.dumps(out)})
-            elif kind == "reasoning":
-                text = "".join(c.get("text", "") for c in item.get("content") or [] if isinstance(c, dict))
-                history.append({"role": "assistant", "reasoning": text, "content": None})
-            else:
-                raise APIError(400, f"input[{i}]: unsupported item type {kind!r}", param="input")
-        return history
+        try:
+            return responses_input_messages(items, history)
+        except HarmonyIOError as e:
+            raise APIError(400, str(e), param="input") from None
 
     def responses_generation(self, req: ResponsesRequest) -> Generation:
         self.check_model(req.model)
@@ -433,10 +389,7 @@ class OpenAIService:
         }
 
     def _store(self, rid: str, gen: Generation, outcome: Outcome) -> None:
-        msg = chat_message(outcome.turn)
-        if outcome.turn.exact_history:
-            msg["harmony_messages"] = outcome.turn.exact_history
-        conv = [m for m in gen.messages if m.get("role") != "system"] + [msg]
+        conv = [m for m in gen.messages if m.get("role") != "system"] + [history_message(outcome.turn)]
         self.responses.put(rid, conv)
 
     async def respond(self, req: ResponsesRequest, is_disconnected) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def test_library_auto_drop_keeps_later_reasoning_which_is_why_we_do_it_ourselves
     assert not any(f"thinking {i}" in ours for i in range(3))
 
 
-def test_raw_harmony_messages_are_spliced_verbatim_and_return_becomes_end():
+def test_exact_history_is_spliced_verbatim_and_return_becomes_end():
     enc = encoding()
     E = lambda s: enc.encode(s, allowed_special="all")  # noqa: E731
     call = E("<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}<|call|>")
@@ -124,10 +124,10 @@ def test_raw_harmony_messages_are_spliced_verbatim_and_return_becomes_end():
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
                                               "function": {"name": "get_weather", "arguments": "{}"}}],
-         "harmony_messages": [{"tokens": call, "channel": "commentary", "recipient": "functions.get_weather"}]},
+         "exact_history": [{"tokens": call, "channel": "commentary", "recipient": "functions.get_weather"}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
         {"role": "assistant", "content": "It is sunny.",
-         "harmony_messages": [{"tokens": final, "channel": "final"}]},
+         "exact_history": [{"tokens": final, "channel": "final"}]},
         {"role": "user", "content": "Thanks"},
     ]
     toks = render_prompt(msgs, tools=[WEATHER])
@@ -138,10 +138,10 @@ def test_raw_harmony_messages_are_spliced_verbatim_and_return_becomes_end():
     # the splice path equals the library path when the raw tokens are the library's own rendering
     lib_like = [{"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello",
-                 "harmony_messages": [{"tokens": E("<|start|>assistant<|channel|>final<|message|>Hello<|end|>"),
+                 "exact_history": [{"tokens": E("<|start|>assistant<|channel|>final<|message|>Hello<|end|>"),
                                        "channel": "final"}]},
                 {"role": "user", "content": "Bye"}]
-    plain = [dict(m, harmony_messages=None) if m["role"] == "assistant" else m for m in lib_like]
+    plain = [dict(m, exact_history=None) if m["role"] == "assistant" else m for m in lib_like]
     assert render_prompt(lib_like, tools=[WEATHER]) == render_prompt(plain, tools=[WEATHER])
 
 

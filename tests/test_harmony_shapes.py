@@ -39,8 +39,8 @@ def test_chat_message_for_a_tool_call_turn():
     }
     assert turn.finish_reason == "tool_calls"
     assert json.loads(msg["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
-    assert [m["channel"] for m in turn.harmony_messages] == ["analysis", "commentary", "commentary"]
-    assert turn.harmony_messages[0]["tokens"][:2] == [200006, 173781]  # <|start|>assistant from the prompt
+    assert [m["channel"] for m in turn.messages] == ["analysis", "commentary", "commentary"]
+    assert turn.messages[0]["tokens"][:2] == [200006, 173781]  # <|start|>assistant from the prompt
 
 
 def test_chat_message_for_a_final_turn_and_responses_items():

@@ -1,0 +1,113 @@
+"""The package layout: one installed top-level name, and imports that point one way (DESIGN.md)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBPACKAGES = ("architecture", "converters", "metal_runtime", "harmony_io", "assistant", "server", "cli")
+
+# What each part may import (besides the standard library and third-party packages). The arrows
+# point one way: cli -> server -> assistant -> {harmony_io, metal_runtime}; cli -> converters;
+# everything may use the architecture vocabulary.
+ALLOWED = {
+    "architecture": set(),
+    "converters": {"architecture"},
+    "metal_runtime": {"architecture"},
+    "harmony_io": set(),
+    "assistant": {"architecture", "harmony_io", "metal_runtime"},
+    "server": {"architecture", "harmony_io", "metal_runtime", "assistant"},
+    "cli": set(SUBPACKAGES) - {"cli"},
+}
+FORBIDDEN_THIRD_PARTY = {"harmony_io": {"mlx"}, "architecture": {"mlx", "numpy"}}
+OLD_TOP_LEVEL = {"cli", "server", "converters", "metal_runtime", "harmony_io", "assistant"}
+
+
+def _sources(part: str) -> list[Path]:
+    if part == "architecture":
+        return [ROOT / "architecture.py"]
+    return sorted(p for p in (ROOT / part).rglob("*.py"))
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    """Absolute module names a file imports (relative imports resolved against the package)."""
+    tree = ast.parse(path.read_text(), str(path))
+    rel = path.relative_to(ROOT).with_suffix("")
+    package = ["gptoss_metal", *rel.parts[:-1]] if rel.name != "__init__" else ["gptoss_metal", *rel.parts[:-1]]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            out.append((name, node.lineno))
+    return out
+
+
+@pytest.mark.parametrize("part", SUBPACKAGES)
+def test_imports_point_one_way(part):
+    bad = []
+    for path in _sources(part):
+        for name, line in _imports(path):
+            top = name.split(".")[0]
+            where = f"{path.relative_to(ROOT)}:{line} imports {name}"
+            if top in OLD_TOP_LEVEL:
+                bad.append(f"{where} (a bare top-level name; use gptoss_metal.{name})")
+            elif top == "gptoss_metal" and name != "gptoss_metal":
+                target = name.split(".")[1]
+                if target != part and target not in ALLOWED[part]:
+                    bad.append(f"{where} ({part} may import {sorted(ALLOWED[part]) or 'nothing of ours'})")
+            elif top in FORBIDDEN_THIRD_PARTY.get(part, ()):
+                bad.append(f"{where} ({part} must not depend on {top})")
+    assert not bad, "\n".join(bad)
+
+
+def test_tests_and_benchmarks_import_the_installed_names():
+    bad = []
+    for path in sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "benchmarks").rglob("*.py")):
+        for name, line in _imports(path):
+            if name.split(".")[0] in OLD_TOP_LEVEL:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_package_folder_is_declared_in_pyproject():
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {"gptoss_metal"}
+    for part in SUBPACKAGES:
+        folder = ROOT / part
+        if folder.is_dir():
+            on_disk |= {"gptoss_metal." + ".".join(p.parent.relative_to(ROOT).parts)
+                        for p in folder.rglob("__init__.py")}
+    assert on_disk == declared
+
+
+@pytest.mark.slow
+def test_a_built_wheel_installs_exactly_one_top_level_name(tmp_path):
+    """pip does not detect clashing top-level names, so we install only `gptoss_metal`."""
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("gptoss_metal-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"gptoss_metal"}
+    for needed in ("gptoss_metal/metal_runtime/kernels/router.metal", "gptoss_metal/architecture.py",
+                   "gptoss_metal/assistant/tools/sandbox_child.py", "gptoss_metal/cli/main.py"):
+        assert needed in names
+    assert not any(n.startswith(("gptoss_metal/tests/", "gptoss_metal/benchmarks/", "gptoss_metal/.venv"))
+                   for n in names)
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "gptoss = gptoss_metal.cli.main:main" in entry
