@@ -15,13 +15,13 @@ import collections
 import io
 import re
 import tempfile
-from types import SimpleNamespace
 
 import mlx.core as mx
 
 from gptoss_metal.converters import PRESETS
 from gptoss_metal.metal_runtime.kernels.runtime import KernelSet, metal_executor, twin_experts
 from gptoss_metal.metal_runtime.kernels.twins import route_twin
+from gptoss_metal.metal_runtime.moe import SwitchMXFP4GLU
 
 
 VIEWS = {"Broadcast", "ExpandDims", "Squeeze", "Reshape", "Transpose", "Slice", "AsStrided", "Copy"}
@@ -38,16 +38,11 @@ def count_ops(*arrays: mx.array) -> collections.Counter:
     return collections.Counter(re.findall(r'label ="([^"]+)", shape=rectangle', f.getvalue()))
 
 
-def layer(e: int, h: int, i: int) -> SimpleNamespace:
-    def proj(out_dim: int, in_dim: int) -> SimpleNamespace:
-        p = SimpleNamespace(weight=mx.zeros((e, out_dim, in_dim // 8), dtype=mx.uint32),
-                            scales=mx.zeros((e, out_dim, in_dim // 32), dtype=mx.uint8),
-                            bias=mx.zeros((e, out_dim), dtype=mx.bfloat16))
-        mx.eval(p.weight, p.scales, p.bias)
-        return p
-
-    return SimpleNamespace(gate_proj=proj(i, h), up_proj=proj(i, h), down_proj=proj(h, i), num_experts=e,
-                           limit=7.0, alpha=1.702)
+def layer(e: int, h: int, i: int) -> SwitchMXFP4GLU:
+    m = SwitchMXFP4GLU(e, h, i, limit=7.0, alpha=1.702)
+    m.set_dtype(mx.bfloat16)  # biases in the model's dtype, as loaded
+    mx.eval(m.parameters())
+    return m
 
 
 def main() -> None:

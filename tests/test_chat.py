@@ -187,3 +187,19 @@ def test_real_tiny_model_chat_reuses_the_previous_prompt(tiny_runtime):
     second = s.last_turn.steps[0]
     assert second.reused_tokens >= first.prompt_tokens - 1
     assert second.prefilled_tokens == second.prompt_tokens - second.reused_tokens
+
+
+def test_a_version_1_save_still_loads_with_its_exact_history(tmp_path):
+    s, _ = session_with([ANALYSIS.format("r") + FINAL.format("Hi!")])
+    list(s.send("Hello"))
+    assert "exact_history" in s.messages[-1]
+    s.save(tmp_path / "v2.json")
+    data = json.loads((tmp_path / "v2.json").read_text())
+    data["version"] = 1  # what gptoss 0.1 wrote: exact history under "harmony_messages"
+    data["messages"] = [{("harmony_messages" if k == "exact_history" else k): v for k, v in m.items()}
+                        for m in data["messages"]]
+    (tmp_path / "v1.json").write_text(json.dumps(data))
+    other, _ = session_with([])
+    other.load(tmp_path / "v1.json")
+    assert other.messages == s.messages
+    assert other.prompt_tokens() == s.prompt_tokens()
