@@ -25,21 +25,27 @@ class TurnStats(GenerationStats):
     reused_tokens: int = 0  # prompt tokens that were already in the cache
 
     def summary(self) -> str:
-        return (f"prefill {self.prefilled_tokens} tok ({self.prefill_tps:.1f} tok/s), "
+        text = (f"prefill {self.prefilled_tokens} tok ({self.prefill_tps:.1f} tok/s), "
                 f"reused {self.reused_tokens} tok, decode {self.generated_tokens} tok ({self.decode_tps:.1f} tok/s)")
+        if self.verifications:
+            text += (f", speculation: {self.accepted_tokens} of {self.drafted_tokens} drafted tokens accepted "
+                     f"in {self.verifications} passes")
+        return text
 
 
 class Engine:
     """A loaded model plus the prompt cache of the conversation it is serving."""
 
-    def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4):
+    def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4, speculate: bool = True):
         self.model = model
         self.model_id = model_id
         self.prompt_cache = PromptCache(model, max_snapshots=max_snapshots)
+        self.speculate = speculate  # prompt-lookup speculative decoding where it pays (per request overridable)
 
     @classmethod
-    def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None) -> "Engine":
-        return cls(load(path, dtype=dtype), model_id or Path(path).name)
+    def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None,
+             speculate: bool = True) -> "Engine":
+        return cls(load(path, dtype=dtype), model_id or Path(path).name, speculate=speculate)
 
     def stream(
         self,
@@ -54,6 +60,7 @@ class Engine:
         extra_stop_ids: Iterable[int] = (),
         forced_prefix: Sequence[int] = (),
         should_stop: Optional[Callable[[], bool]] = None,
+        speculate: Optional[bool] = None,
     ) -> Iterator[Event]:
         """Parser events of one generation from `prompt` (which ends with `<|start|>assistant`).
 
@@ -82,7 +89,8 @@ class Engine:
             ended = False
             for tok in generate(self.model, reuse.to_feed[-1:], max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p, seed=seed, stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids),
-                                cache=pc.cache, stats=gen):
+                                cache=pc.cache, stats=gen, history=held + reuse.to_feed[:-1],
+                                speculate=self.speculate if speculate is None else speculate):
                 if should_stop is not None and should_stop():
                     return
                 events = parser.feed(tok)
@@ -100,3 +108,5 @@ class Engine:
             stats.generated = gen.generated
             stats.finish_reason, stats.stop_token = gen.finish_reason, gen.stop_token
             stats.first_token_seconds = stats.prefill_seconds
+            stats.verifications, stats.drafted_tokens = gen.verifications, gen.drafted_tokens
+            stats.accepted_tokens = gen.accepted_tokens

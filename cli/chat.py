@@ -214,7 +214,8 @@ class TerminalChat:
 @sampling_options
 @handle_user_errors
 def chat_cmd(model_path: str, effort: str, hide_reasoning: bool, python_tool: bool, system: str | None,
-             dtype: str, max_tokens: int, temperature: float, top_p: float, seed: int | None) -> None:
+             dtype: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+             no_speculate: bool) -> None:
     """Chat with the converted model at MODEL_PATH in the terminal."""
     from gptoss_metal.harmony_io import today
     from gptoss_metal.assistant import Engine
@@ -222,7 +223,7 @@ def chat_cmd(model_path: str, effort: str, hide_reasoning: bool, python_tool: bo
 
     console = Console(highlight=False)
     with console.status("loading model..."):
-        engine = Engine.load(model_path, dtype=dtype)
+        engine = Engine.load(model_path, dtype=dtype, speculate=not no_speculate)
     session = ChatSession(engine, system=system, effort=effort, python_tool=python_tool, temperature=temperature,
                           top_p=top_p, max_tokens=max_tokens, seed=seed, current_date=today())
     TerminalChat(session, console, show_reasoning=not hide_reasoning).loop()

@@ -26,6 +26,8 @@ def sampling_options(fn):
                      help="0 = greedy. OpenAI recommends 1.0 for gpt-oss."),
         click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True),
         click.option("--seed", type=int, default=None, help="Reproducible sampling."),
+        click.option("--no-speculate", "no_speculate", is_flag=True,
+                     help="Turn off prompt-lookup speculative decoding (on by default where it pays)."),
     ]):
         fn = opt(fn)
     return fn
@@ -41,12 +43,12 @@ def sampling_options(fn):
 @sampling_options
 @handle_user_errors
 def generate_cmd(model_path: str, prompt: str, system: str | None, effort: str, show_reasoning: bool, dtype: str,
-                 max_tokens: int, temperature: float, top_p: float, seed: int | None) -> None:
+                 max_tokens: int, temperature: float, top_p: float, seed: int | None, no_speculate: bool) -> None:
     """Answer one PROMPT with the converted model at MODEL_PATH, streaming the final answer to stdout."""
     from gptoss_metal.harmony_io import PreambleDelta, ReasoningDelta, TextDelta, render_prompt, today
     from gptoss_metal.assistant import Engine, TurnStats
 
-    engine = Engine.load(model_path, dtype=dtype)
+    engine = Engine.load(model_path, dtype=dtype, speculate=not no_speculate)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     tokens = render_prompt(messages, reasoning_effort=effort, current_date=today())
     stats = TurnStats()

@@ -24,9 +24,12 @@ err = Console(stderr=True, highlight=False)
 @click.option("--max-tokens", type=click.IntRange(1), default=4096, show_default=True,
               help="Default completion limit when a request sets none.")
 @click.option("--dtype", type=DTYPES, default="bfloat16", show_default=True)
+@click.option("--no-speculate", "no_speculate", is_flag=True,
+              help="Turn off prompt-lookup speculative decoding by default (requests may still set "
+                   "`speculate`).")
 @handle_user_errors
 def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_id: str | None,
-              alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str) -> None:
+              alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str, no_speculate: bool) -> None:
     """Serve MODEL_PATH at http://HOST:PORT/v1 (chat completions and responses)."""
     import uvicorn
 
@@ -35,7 +38,7 @@ def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_
     from gptoss_metal.server.openai_api import OpenAIService
 
     with err.status("loading model..."):
-        engine = Engine.load(model_path, dtype=dtype, model_id=model_id)
+        engine = Engine.load(model_path, dtype=dtype, model_id=model_id, speculate=not no_speculate)
     service = OpenAIService(engine, aliases=alias, max_queue=max_queue, default_max_tokens=max_tokens)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         err.print("[yellow]warning:[/] listening beyond this machine without --api-key")

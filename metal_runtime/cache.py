@@ -12,12 +12,18 @@ speculative decoding need (mlx-lm's rotating cache cannot be trimmed once it wra
 
 Masks are derived from positions, never from slot order: query position q sees key position k
 iff 0 <= q - k < window (sliding) or k <= q (full).
+
+Speculative decoding feeds drafts it may have to take back. Inside `ModelCache.deferred_writes()`,
+sliding layers attend to their ring plus the new positions but write nothing into the ring;
+`settle(keep)` then writes just the kept positions (and full layers drop the rest). The rollback is
+exact however often the ring wrapped, and costs no trim slack.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import mlx.core as mx
 import numpy as np
@@ -101,6 +107,8 @@ class SlidingWindowCache:
         self.keys: Optional[mx.array] = None
         self.values: Optional[mx.array] = None
         self.offset = 0
+        self.defer = False
+        self.pending: Optional[tuple[mx.array, mx.array, int]] = None  # (keys, values, first position)
 
     def _slot_positions(self, offset: int) -> np.ndarray:
         """Position held by each slot (in slot order) once `offset` positions have been written."""
@@ -111,7 +119,7 @@ class SlidingWindowCache:
 
     def mask(self, n_new: int) -> Mask:
         """Mask for the keys the next update_and_fetch(n_new tokens) will return."""
-        if n_new == 1:
+        if n_new == 1 and not self.defer:
             held = min(self.offset + 1, self.capacity)
             if held <= self.window:
                 return None  # every held position is inside the window
@@ -135,7 +143,7 @@ class SlidingWindowCache:
         if self.keys is None:
             self.keys = mx.zeros((B, H, self.capacity, D), dtype=k.dtype)
             self.values = mx.zeros((B, H, self.capacity, v.shape[3]), dtype=v.dtype)
-        if T == 1:
+        if T == 1 and not self.defer:
             self._write(k, v, self.offset)
             self.offset += 1
             n = min(self.offset, self.capacity)
@@ -143,15 +151,38 @@ class SlidingWindowCache:
         held = min(self.offset, self.capacity)
         all_k = mx.concatenate([self.keys[..., :held, :], k], axis=2)
         all_v = mx.concatenate([self.values[..., :held, :], v], axis=2)
-        keep = min(T, self.capacity)
-        self._write(k[..., T - keep :, :], v[..., T - keep :, :], self.offset + T - keep)
+        if self.defer:
+            if self.pending is not None:
+                raise CacheError("one deferred update at a time: settle() the last one first")
+            self.pending = (k, v, self.offset)
+        else:
+            keep = min(T, self.capacity)
+            self._write(k[..., T - keep :, :], v[..., T - keep :, :], self.offset + T - keep)
         self.offset += T
         return all_k, all_v
+
+    def settle(self, keep: int) -> None:
+        """Write the first `keep` positions of the deferred update; forget the rest."""
+        if self.pending is None:
+            return
+        k, v, first = self.pending
+        self.pending = None
+        keep = min(keep, k.shape[2])
+        tail = min(keep, self.capacity)
+        if tail:
+            self._write(k[..., keep - tail : keep, :], v[..., keep - tail : keep, :], first + keep - tail)
+        self.offset = first + keep
 
     def trim(self, n: int) -> None:
         n = min(n, self.offset)
         if n == 0:
             return
+        if self.pending is not None:  # a deferred update is taken back (partly): nothing to undo in the ring
+            first, end = self.pending[2], self.offset
+            self.settle(max(0, end - n - first))
+            n = max(0, first - (end - n))
+            if n == 0:
+                return
         if self.offset > self.capacity and n > self.capacity - self.window + 1:
             raise CacheError(
                 f"cannot trim a sliding-window cache by {n} positions exactly "
@@ -227,9 +258,12 @@ class ModelCache:
 
     def trim(self, n: int) -> int:
         """Drop the last n positions (exact or CacheError); returns the new offset."""
-        if self._sliding is not None and self._sliding.offset > self._sliding.capacity:
-            limit = self._sliding.capacity - self._sliding.window + 1
-            if min(n, self.offset) > limit:
+        sl = self._sliding
+        if sl is not None:
+            written = sl.offset if sl.pending is None else sl.pending[2]  # positions already in the ring
+            beyond = min(n, self.offset) - (sl.offset - written)  # how far the trim reaches into the ring
+            limit = sl.capacity - sl.window + 1
+            if written > sl.capacity and beyond > limit:
                 raise CacheError(
                     f"cannot trim {n} positions exactly (sliding layers keep {limit}); restore a snapshot instead"
                 )
@@ -264,6 +298,27 @@ class ModelCache:
                 c.check_restorable(s)  # all-or-nothing: validate every layer before changing one
         for c, s in zip(self.layers, snap.layers):
             c.restore(s)
+
+    @contextmanager
+    def deferred_writes(self) -> Iterator["ModelCache"]:
+        """Forward passes inside may be taken back: call `settle(keep)` after each one."""
+        sliding = [c for c in self.layers if isinstance(c, SlidingWindowCache)]
+        for c in sliding:
+            c.defer = True
+        try:
+            yield self
+        finally:
+            for c in sliding:
+                c.defer = False
+
+    def settle(self, drop: int) -> int:
+        """After a deferred forward: take back its last `drop` positions exactly (0: keep it all)."""
+        for c in self.layers:
+            if isinstance(c, SlidingWindowCache) and c.pending is not None:
+                c.settle(c.offset - c.pending[2] - drop)
+            elif isinstance(c, FullCache) and drop:
+                c.trim(drop)
+        return self.offset
 
     def state_arrays(self) -> list[mx.array]:
         """Arrays to evaluate after a prefill chunk (bounds the graph and memory)."""

@@ -1,25 +1,36 @@
-"""The generation loop: chunked prefill, pipelined decode, stop ids, statistics.
+"""The generation loop: chunked prefill, pipelined decode, speculative verification, stops, statistics.
 
-Pipelining: while the host hands token n to the caller, the device already computes token n+1
-(its graph is built from token n's lazy array and queued with `mx.async_eval`). Consequently
-the cache always holds the prompt and every yielded token, except the last one when generation
-ended by `max_tokens` (then it was never fed); `cache.offset` tells which.
+Pipelining: while the host hands token n to the caller, the device already computes the next step
+(its graph is built from token n's lazy array and queued with `mx.async_eval`). A step is either a
+plain decode of one token or, where prompt lookup found a draft worth checking (speculative.py), a
+verification of `[token n, d1..dk]` in one pass; its accepted prefix is emitted and the cache is
+rolled back exactly for the rest. The cache always holds the prompt and every yielded token, except
+possibly the last one when generation ended by `max_tokens`; `cache.offset` tells which.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import mlx.core as mx
 
+from .backend import backend_name
 from .cache import ModelCache
 from .errors import ContextOverflowError, GenerationError
 from .model import Model
-from .sampling import Sampler, make_sampler
+from .sampling import Sampler, SamplerState, make_sampler
+from .speculative import Drafter, PromptLookupDrafter, SpeculationPolicy, accept_greedy, accept_sampled
 
-DEFAULT_PREFILL_CHUNK = 512
+# Prompt tokens per prefill forward pass. Larger chunks amortize launches and let the sorted expert
+# matmul read each expert once for more tokens; the bound keeps activation memory flat.
+PREFILL_CHUNK = {"cpu": 512, "metal": 2048, "cuda": 2048, "gpu": 2048}
+DRAFTER_WINDOW = 32768  # prompt lookup indexes at most this many recent tokens
+
+
+def default_prefill_chunk() -> int:
+    return PREFILL_CHUNK.get(backend_name(), 512)
 
 
 @dataclass
@@ -35,6 +46,9 @@ class GenerationStats:
     finish_reason: Optional[str] = None  # "stop" | "length"
     stop_token: Optional[int] = None
     generated: list[int] = field(default_factory=list)
+    verifications: int = 0  # speculative verification passes
+    drafted_tokens: int = 0  # draft tokens verified
+    accepted_tokens: int = 0  # draft tokens kept
 
     @property
     def prefill_tps(self) -> float:
@@ -46,11 +60,22 @@ class GenerationStats:
         return n / self.decode_seconds if self.decode_seconds > 0 and n > 0 else 0.0
 
 
-def prefill(model: Model, tokens: Sequence[int], cache: ModelCache, chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+def prefill(model: Model, tokens: Sequence[int], cache: ModelCache, chunk: Optional[int] = None) -> None:
     """Feed tokens into the cache in bounded chunks (memory does not grow with the prompt)."""
+    chunk = chunk or default_prefill_chunk()
     for start in range(0, len(tokens), chunk):
         model(mx.array([list(tokens[start : start + chunk])]), cache)
         mx.eval(cache.state_arrays())
+
+
+@dataclass
+class _Verification:
+    """A queued verification pass: inputs `[first, *draft]`, results per input position."""
+
+    draft: list[int]
+    targets: Optional[mx.array]  # greedy: argmax after each input
+    logits: Optional[mx.array]  # sampling: processed logits after each input
+    started: float
 
 
 def generate(
@@ -64,14 +89,19 @@ def generate(
     stop_ids: Iterable[int] = (),
     cache: Optional[ModelCache] = None,
     sampler: Optional[Sampler] = None,
-    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    prefill_chunk: Optional[int] = None,
     stats: Optional[GenerationStats] = None,
+    speculate: Union[bool, SpeculationPolicy] = True,
+    history: Sequence[int] = (),
+    drafter: Optional[Drafter] = None,
 ) -> Iterator[int]:
     """Yield generated token ids until a stop id (yielded too) or `max_tokens`.
 
-    With `cache`, `prompt_ids` continue what the cache already holds (callers doing prompt
-    reuse pass only the new tokens). Stops early, with finish_reason "length", at the model's
-    context limit.
+    With `cache`, `prompt_ids` continue what the cache already holds (callers doing prompt reuse
+    pass only the new tokens, and the held ones as `history` so prompt lookup can draft from them).
+    Stops early, with finish_reason "length", at the model's context limit. `speculate`: False turns
+    prompt-lookup speculation off; True lets a fresh `SpeculationPolicy` decide per step; `drafter`
+    replaces prompt lookup as the source of drafts.
     """
     prompt = list(prompt_ids)
     if not prompt:
@@ -90,6 +120,16 @@ def generate(
         )
     max_tokens = min(max_tokens, limit - cache.offset - len(prompt) + 1)
     sample = sampler if sampler is not None else make_sampler(temperature, top_p, seed)
+    policy = speculate if isinstance(speculate, SpeculationPolicy) else (SpeculationPolicy() if speculate else None)
+    if policy is not None and seed is not None and temperature > 0:
+        policy.timed = False  # decisions from timings would make a seeded sample irreproducible
+    if policy is not None and not isinstance(sample, SamplerState):
+        policy = None  # verification needs the sampler's distribution and key chain
+    if policy is None:
+        drafter = None
+    else:
+        drafter = drafter if drafter is not None else PromptLookupDrafter()
+        drafter.extend((list(history) + prompt)[-DRAFTER_WINDOW:])
     stops = frozenset(stop_ids)
     stats.prompt_tokens = len(prompt)
     stats.prefilled_tokens = len(prompt)
@@ -97,36 +137,98 @@ def generate(
     t0 = time.perf_counter()
     prefill(model, prompt[:-1], cache, prefill_chunk)
 
-    def step(tokens: mx.array) -> mx.array:
-        logits = model(tokens, cache)[:, -1, :]
-        return sample(logits)
+    def plain_step(token: mx.array) -> mx.array:
+        return sample(model(token.reshape(1, 1), cache)[:, -1, :])
 
-    y = step(mx.array([prompt[-1:]]))
-    mx.async_eval(y)
+    def verify_step(first: mx.array, draft: list[int]) -> _Verification:
+        inputs = mx.concatenate([first.reshape(1).astype(mx.uint32), mx.array(draft, dtype=mx.uint32)])
+        with cache.deferred_writes():
+            logits = model(inputs[None], cache)[0]
+        if sample.greedy:
+            v = _Verification(draft, mx.argmax(logits.astype(mx.float32), axis=-1), None, time.perf_counter())
+            mx.async_eval(v.targets)
+        else:
+            v = _Verification(draft, None, sample.process(logits), time.perf_counter())
+            mx.async_eval(v.logits)
+        return v
+
+    cur: Union[mx.array, int] = plain_step(mx.array(prompt[-1:]))  # the next token, not yet in the cache
+    mx.async_eval(cur)
     t_first: Optional[float] = None
-    n = 0
-    while True:
-        n += 1
-        nxt = None
-        if n < max_tokens:
-            nxt = step(y[:, None])
-            mx.async_eval(nxt)
-        token = int(y.item())
+    t_iter = time.perf_counter()
+    emitted = 0
+
+    def emit(token: int) -> bool:
+        """Record one generated token; True when generation must end after it."""
+        nonlocal t_first, emitted
+        emitted += 1
         now = time.perf_counter()
         if t_first is None:
             t_first = now
             stats.prefill_seconds = stats.first_token_seconds = now - t0
         else:
             stats.decode_seconds = now - t_first
-        stats.generated_tokens = n
+        stats.generated_tokens = emitted
         stats.generated.append(token)
+        if drafter is not None:
+            drafter.extend([token])
         if token in stops:
             stats.finish_reason, stats.stop_token = "stop", token
-            yield token
-            return
-        if nxt is None:
+            return True
+        if emitted >= max_tokens:
             stats.finish_reason = "length"
+            return True
+        return False
+
+    while True:
+        # queue the next step before reading the current token (the device never waits on the host)
+        known = isinstance(cur, int)
+        room = max_tokens - emitted - 1  # tokens that may still follow `cur`
+        step: Union[mx.array, _Verification, None] = None
+        if room > 0:
+            draft: list[int] = []
+            if drafter is not None:
+                guess = drafter.draft(room + (0 if known else 1))
+                draft = guess if known else guess[1:]  # unknown `cur`: the draft's first token stands for it
+                k = policy.draft_length(len(draft))
+                draft = draft[:k]
+            first = mx.array(cur) if known else cur
+            step = verify_step(first, draft) if draft else plain_step(first)
+            if not draft:
+                mx.async_eval(step)
+        token = cur if known else int(cur.item())
+        if emit(token):
             yield token
+            if isinstance(step, _Verification):
+                cache.settle(len(step.draft))  # keep only `token` of what the pass fed
             return
         yield token
-        y = nxt
+        if isinstance(step, _Verification):
+            if step.targets is not None:
+                m, nxt = accept_greedy(step.draft, step.targets.tolist())
+            else:
+                m, nxt = accept_sampled(step.draft, step.logits, sample.next_key())
+            kept = m
+            for i, d in enumerate(step.draft[:m]):  # a stop or the budget inside the accepted part ends it
+                if d in stops or emitted + i + 1 >= max_tokens:
+                    kept = i + 1
+                    break
+            cache.settle(len(step.draft) - kept)  # the cache now holds `token` and the kept drafts
+            now = time.perf_counter()
+            policy.observe_verify(now - t_iter, len(step.draft), m)
+            t_iter = now
+            stats.verifications += 1
+            stats.drafted_tokens += len(step.draft)
+            stats.accepted_tokens += kept
+            for d in step.draft[:kept]:
+                ended = emit(d)
+                yield d
+                if ended:
+                    return
+            cur = nxt
+        else:
+            now = time.perf_counter()
+            if policy is not None:
+                policy.observe_plain(now - t_iter)
+            t_iter = now
+            cur = step

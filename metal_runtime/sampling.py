@@ -47,15 +47,24 @@ class SamplerState:
         self.seed = int(seed) & 0xFFFFFFFF
         self._key = mx.random.key(self.seed)
 
-    def __call__(self, logits: mx.array) -> mx.array:
-        logits = logits.astype(mx.float32)
-        if self.temperature == 0.0:
-            return mx.argmax(logits, axis=-1).astype(mx.uint32)
-        logits = logits * (1.0 / self.temperature)  # nucleus of the tempered distribution
-        if self.top_p < 1.0:
-            logits = top_p_mask(logits, self.top_p)
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def process(self, logits: mx.array) -> mx.array:
+        """The logits of the distribution this sampler draws from (tempered, then the nucleus)."""
+        logits = logits.astype(mx.float32) * (1.0 / self.temperature)
+        return top_p_mask(logits, self.top_p) if self.top_p < 1.0 else logits
+
+    def next_key(self) -> mx.array:
+        """The next key of this sampler's chain (speculative verification draws from it too)."""
         self._key, sub = mx.random.split(self._key)
-        return mx.random.categorical(logits, key=sub).astype(mx.uint32)
+        return sub
+
+    def __call__(self, logits: mx.array) -> mx.array:
+        if self.greedy:
+            return mx.argmax(logits.astype(mx.float32), axis=-1).astype(mx.uint32)
+        return mx.random.categorical(self.process(logits), key=self.next_key()).astype(mx.uint32)
 
 
 def make_sampler(temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None) -> Sampler:

@@ -42,6 +42,7 @@ class ChatCompletionRequest(_Lenient):
     response_format: Optional[dict[str, Any]] = None
     logprobs: Optional[bool] = None
     parallel_tool_calls: Optional[bool] = None
+    speculate: Optional[bool] = None  # extension: prompt-lookup speculative decoding (default: the server's)
 
 
 class ResponsesRequest(_Lenient):
@@ -61,6 +62,7 @@ class ResponsesRequest(_Lenient):
     metadata: Optional[dict[str, Any]] = None
     parallel_tool_calls: Optional[bool] = None
     text: Optional[dict[str, Any]] = None
+    speculate: Optional[bool] = None  # extension: prompt-lookup speculative decoding (default: the server's)
 
 
 ToolChoice = Union[Literal["auto", "none", "required"], dict[str, Any], None]

@@ -56,6 +56,7 @@ class Generation:
     top_p: float
     seed: Optional[int]
     stop: list[str] = field(default_factory=list)
+    speculate: Optional[bool] = None
 
 
 @dataclass
@@ -132,7 +133,8 @@ class OpenAIService:
 
     def prepare(self, messages: list[dict[str, Any]], *, tools: Optional[list[dict]], tool_choice: Any,
                 effort: Optional[str], max_tokens: Optional[int], temperature: Optional[float],
-                top_p: Optional[float], seed: Optional[int], stop: Any = None) -> Generation:
+                top_p: Optional[float], seed: Optional[int], stop: Any = None,
+                speculate: Optional[bool] = None) -> Generation:
         try:
             effort = reasoning_effort(effort)
         except HarmonyIOError as e:
@@ -169,7 +171,7 @@ class OpenAIService:
             messages=messages, prompt=rendered.tokens, tools=rendered.recipients,
             forced_prefix=forced, max_tokens=min(max_tokens or self.default_max_tokens, room),
             temperature=1.0 if temperature is None else temperature, top_p=1.0 if top_p is None else top_p,
-            seed=seed, stop=stops,
+            seed=seed, stop=stops, speculate=speculate,
         )
 
     def submit(self, gen: Generation) -> Job:
@@ -177,7 +179,8 @@ class OpenAIService:
             stats = TurnStats()
             stream = self.engine.stream(gen.prompt, max_tokens=gen.max_tokens, temperature=gen.temperature,
                                         top_p=gen.top_p, seed=gen.seed, tools=gen.tools, stats=stats,
-                                        forced_prefix=gen.forced_prefix, should_stop=job.cancelled.is_set)
+                                        forced_prefix=gen.forced_prefix, should_stop=job.cancelled.is_set,
+                                        speculate=gen.speculate)
             try:
                 for ev in stream:
                     if job.cancelled.is_set():
@@ -295,7 +298,7 @@ class OpenAIService:
                            param="response_format")
         return self.prepare(req.messages, tools=req.tools, tool_choice=req.tool_choice, effort=req.reasoning_effort,
                             max_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature,
-                            top_p=req.top_p, seed=req.seed, stop=req.stop)
+                            top_p=req.top_p, seed=req.seed, stop=req.stop, speculate=req.speculate)
 
     async def complete(self, gen: Generation, is_disconnected) -> Outcome:
         """Run a generation to its end (non-streaming requests)."""
@@ -364,7 +367,7 @@ class OpenAIService:
         effort = (req.reasoning or {}).get("effort")
         return self.prepare(messages, tools=req.tools, tool_choice=req.tool_choice, effort=effort,
                             max_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p,
-                            seed=req.seed)
+                            seed=req.seed, speculate=req.speculate)
 
     def _response_object(self, rid: str, req: ResponsesRequest, status: str, output: list[dict[str, Any]],
                          outcome: Optional[Outcome]) -> dict[str, Any]:

@@ -25,8 +25,9 @@ class ScriptedModel:
                                     num_hidden_layers=2)
         self.replies: deque[list[int]] = deque(replies)
         self.current: list[int] = []
-        self.j = 0
-        self.expect = -1
+        self.reply_start = 0
+        self.expect: int | None = -1
+        self.verify_range: tuple[int, int] | None = None
         self.generations = 0
         self.window = window
 
@@ -43,18 +44,25 @@ class ScriptedModel:
             kv = tokens.astype(mx.float32).reshape(B, 1, T, 1)
             for layer in cache.layers:
                 layer.update_and_fetch(kv, kv)
-        nxt = FILLER
+        verifying = cache is not None and any(getattr(c, "defer", False) for c in cache.layers)
+        continuing = start == self.expect or verifying or (
+            self.verify_range is not None and self.verify_range[0] <= start <= self.verify_range[1])
+        self.verify_range = None
+        if T == 1 and not continuing and self.replies:  # a new prompt was fed: next reply
+            self.current, self.reply_start = self.replies.popleft(), start
+            self.generations += 1
+        rows = []
+        for i in range(T):
+            j = start + i - self.reply_start  # how far into the reply this input's prediction is
+            nxt = self.current[j] if (T == 1 or continuing) and 0 <= j < len(self.current) else FILLER
+            row = mx.full((VOCAB,), -1e9, dtype=mx.float32)
+            row[nxt] = 0.0
+            rows.append(row)
         if T == 1:
-            if start != self.expect and self.replies:  # a new prompt was fed: next reply
-                self.current, self.j = self.replies.popleft(), 0
-                self.generations += 1
-            if self.j < len(self.current):
-                nxt = self.current[self.j]
-                self.j += 1
             self.expect = start + 1
-        row = mx.full((VOCAB,), -1e9, dtype=mx.float32)
-        row[nxt] = 0.0
-        return mx.broadcast_to(row, (B, T, VOCAB))
+        elif verifying:  # a speculative verification: the caller keeps a prefix of it
+            self.expect, self.verify_range = None, (start + 1, start + T)
+        return mx.broadcast_to(mx.stack(rows)[None], (B, T, VOCAB))
 
 
 def cached_tokens(cache: ModelCache) -> list[int]:
