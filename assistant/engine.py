@@ -1,21 +1,25 @@
-"""The engine: one model, one prompt cache, harmony in and parser events out.
+"""The engine: one model, prompt caches, harmony in and parser events out, requests decoded together.
 
-Shared by `gptoss generate`, `gptoss chat` (ChatSession) and `gptoss serve`: prompt tokens are
-fed with prompt reuse, generation stops on harmony's stop ids, and every generated token goes
-through the stream parser. A turn reports how many prompt tokens it reused and prefilled.
+Shared by `gptoss generate`, `gptoss chat` (ChatSession) and `gptoss serve`. `Engine.stream` is a
+generator of parser events for one generation; any number of threads may call it at once. One decode
+thread (decode_loop.py) owns the model and the caches: it prefills each request's new prompt tokens
+with prompt reuse, runs a lone request through the pipelined, speculative single-sequence loop, and
+requests that overlap in one batched forward pass per token (up to `max_sequences` at a time).
 """
 
 from __future__ import annotations
 
-import time
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from gptoss_metal.harmony_io import STOP_IDS, Event, StreamParser
-from gptoss_metal.harmony_io.parser import Done
-from gptoss_metal.metal_runtime import GenerationStats, Model, generate, load, prefill
+from gptoss_metal.harmony_io import STOP_IDS, Event
+from gptoss_metal.metal_runtime import GenerationStats, Model, load
 from gptoss_metal.metal_runtime.prompt_cache import PromptCache
+
+from .decode_loop import END, DecodeLoop, Request
 
 
 @dataclass
@@ -23,6 +27,7 @@ class TurnStats(GenerationStats):
     """One generation as the engine ran it: the loop's numbers plus prompt reuse."""
 
     reused_tokens: int = 0  # prompt tokens that were already in the cache
+    queued_seconds: float = 0.0  # waiting for a free sequence slot
 
     def summary(self) -> str:
         text = (f"prefill {self.prefilled_tokens} tok ({self.prefill_tps:.1f} tok/s), "
@@ -34,18 +39,40 @@ class TurnStats(GenerationStats):
 
 
 class Engine:
-    """A loaded model plus the prompt cache of the conversation it is serving."""
+    """A loaded model, the prompt caches of the conversations it serves, and its decode thread.
 
-    def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4, speculate: bool = True):
+    `max_sequences`: generations decoded together (each holds one prompt cache while it runs);
+    `kv_budget_bytes`: KV memory all prompt caches may hold together (None: no limit) -- a request
+    waits until its worst case fits, idle caches are dropped oldest first to make room.
+    """
+
+    def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4, speculate: bool = True,
+                 max_sequences: int = 1, kv_budget_bytes: Optional[int] = None):
+        if max_sequences < 1:
+            raise ValueError("max_sequences must be >= 1")
         self.model = model
         self.model_id = model_id
-        self.prompt_cache = PromptCache(model, max_snapshots=max_snapshots)
         self.speculate = speculate  # prompt-lookup speculative decoding where it pays (per request overridable)
+        self.max_sequences = max_sequences
+        self.slots = [PromptCache(model, max_snapshots=max_snapshots) for _ in range(max_sequences)]
+        self._loop = DecodeLoop(model, self.slots, kv_budget_bytes=kv_budget_bytes)
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None,
-             speculate: bool = True) -> "Engine":
-        return cls(load(path, dtype=dtype), model_id or Path(path).name, speculate=speculate)
+             speculate: bool = True, max_sequences: int = 1, kv_budget_bytes: Optional[int] = None) -> "Engine":
+        return cls(load(path, dtype=dtype), model_id or Path(path).name, speculate=speculate,
+                   max_sequences=max_sequences, kv_budget_bytes=kv_budget_bytes)
+
+    @property
+    def prompt_cache(self) -> PromptCache:
+        """The prompt cache the last generation used (with one sequence: the only one)."""
+        return self._loop.last_slot or self.slots[0]
+
+    @property
+    def active(self) -> int:
+        """Generations being decoded now."""
+        return self._loop.active_count
 
     def stream(
         self,
@@ -65,48 +92,34 @@ class Engine:
         """Parser events of one generation from `prompt` (which ends with `<|start|>assistant`).
 
         `forced_prefix` is fed as if the model had written it (e.g. the header of a tool call that
-        `tool_choice` demands); its events come first. `should_stop` is polled after every token
-        (not every event: some tokens produce none), so a cancelled request stops within a token.
+        `tool_choice` demands); its events come first. `should_stop` is polled after every token, so a
+        cancelled request stops within a token. Closing the generator (a client gone, Ctrl-C) stops
+        the generation too; either way, when this generator is done the cache it used is consistent.
         """
-        stats = stats if stats is not None else TurnStats()
-        pc = self.prompt_cache
-        prompt = list(prompt) + list(forced_prefix)
-        reuse = pc.prepare(prompt)
-        stats.prompt_tokens = len(prompt) - len(forced_prefix)
-        stats.reused_tokens = reuse.reused
-        stats.prefilled_tokens = len(reuse.to_feed)
-        held = list(pc.tokens)
-        parser = StreamParser(tools)
-        forced_events = [e for t in forced_prefix for e in parser.feed(t)]
-        gen = GenerationStats()
-        t0 = t1 = time.perf_counter()
+        req = Request(
+            prompt=list(prompt), forced_prefix=list(forced_prefix), max_tokens=max_tokens, temperature=temperature,
+            top_p=top_p, seed=seed, tools=None if tools is None else list(tools),
+            stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids), stats=stats if stats is not None else TurnStats(),
+            speculate=self.speculate if speculate is None else speculate, should_stop=should_stop,
+        )
+        self._loop.submit(req)
         try:
-            prefill(self.model, reuse.to_feed[:-1], pc.cache)
-            pc.sync(held + reuse.to_feed[:-1])
-            pc.checkpoint()  # where this prompt ends: the next turn diverges right after it
-            t1 = time.perf_counter()
-            yield from forced_events
-            ended = False
-            for tok in generate(self.model, reuse.to_feed[-1:], max_tokens=max_tokens, temperature=temperature,
-                                top_p=top_p, seed=seed, stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids),
-                                cache=pc.cache, stats=gen, history=held + reuse.to_feed[:-1],
-                                speculate=self.speculate if speculate is None else speculate):
-                if should_stop is not None and should_stop():
-                    return
-                events = parser.feed(tok)
-                ended = any(isinstance(e, Done) for e in events)
-                yield from events
-            if not ended:
-                yield from parser.finish("length" if gen.finish_reason == "length" else "stop")
+            while True:
+                try:
+                    item = req.events.get(timeout=0.1)
+                except queue.Empty:
+                    if should_stop is not None and should_stop():
+                        req.cancel()
+                    continue
+                if item is END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
-            # whatever happened (stop, length, Ctrl-C, client gone), the cache and its token list agree
-            pc.sync(held + reuse.to_feed + gen.generated)
-            # prefill = the chunks fed above + the last prompt token's forward (time to first token)
-            stats.prefill_seconds = (t1 - t0) + gen.first_token_seconds
-            stats.decode_seconds = gen.decode_seconds
-            stats.generated_tokens = len(gen.generated)
-            stats.generated = gen.generated
-            stats.finish_reason, stats.stop_token = gen.finish_reason, gen.stop_token
-            stats.first_token_seconds = stats.prefill_seconds
-            stats.verifications, stats.drafted_tokens = gen.verifications, gen.drafted_tokens
-            stats.accepted_tokens = gen.accepted_tokens
+            req.cancel()
+            req.released.wait()  # the decode thread is done with this request's cache
+
+    def close(self) -> None:
+        """Stop the decode thread (generations in flight end as cancelled)."""
+        self._loop.close()

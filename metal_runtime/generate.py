@@ -180,55 +180,61 @@ def generate(
             return True
         return False
 
-    while True:
-        # queue the next step before reading the current token (the device never waits on the host)
-        known = isinstance(cur, int)
-        room = max_tokens - emitted - 1  # tokens that may still follow `cur`
-        step: Union[mx.array, _Verification, None] = None
-        if room > 0:
-            draft: list[int] = []
-            if drafter is not None:
-                guess = drafter.draft(room + (0 if known else 1))
-                draft = guess if known else guess[1:]  # unknown `cur`: the draft's first token stands for it
-                k = policy.draft_length(len(draft))
-                draft = draft[:k]
-            first = mx.array(cur) if known else cur
-            step = verify_step(first, draft) if draft else plain_step(first)
-            if not draft:
-                mx.async_eval(step)
-        token = cur if known else int(cur.item())
-        if emit(token):
+    step: Union[mx.array, _Verification, None] = None
+    try:
+        while True:
+            # queue the next step before reading the current token (the device never waits on the host)
+            known = isinstance(cur, int)
+            room = max_tokens - emitted - 1  # tokens that may still follow `cur`
+            step = None
+            if room > 0:
+                draft: list[int] = []
+                if drafter is not None:
+                    guess = drafter.draft(room + (0 if known else 1))
+                    draft = guess if known else guess[1:]  # unknown `cur`: the draft's first token stands for it
+                    draft = draft[: policy.draft_length(len(draft))]
+                first = mx.array(cur) if known else cur
+                step = verify_step(first, draft) if draft else plain_step(first)
+                if not draft:
+                    mx.async_eval(step)
+            token = cur if known else int(cur.item())
+            if emit(token):
+                if isinstance(step, _Verification):
+                    cache.settle(len(step.draft))  # keep only `token` of what the pass fed
+                    step = None
+                yield token
+                return
             yield token
             if isinstance(step, _Verification):
-                cache.settle(len(step.draft))  # keep only `token` of what the pass fed
-            return
-        yield token
-        if isinstance(step, _Verification):
-            if step.targets is not None:
-                m, nxt = accept_greedy(step.draft, step.targets.tolist())
+                v, step = step, None
+                if v.targets is not None:
+                    m, nxt = accept_greedy(v.draft, v.targets.tolist())
+                else:
+                    m, nxt = accept_sampled(v.draft, v.logits, sample.next_key())
+                kept = m
+                for i, d in enumerate(v.draft[:m]):  # a stop or the budget inside the accepted part ends it
+                    if d in stops or emitted + i + 1 >= max_tokens:
+                        kept = i + 1
+                        break
+                cache.settle(len(v.draft) - kept)  # the cache now holds `token` and the kept drafts
+                now = time.perf_counter()
+                policy.observe_verify(now - t_iter, len(v.draft), m)
+                t_iter = now
+                stats.verifications += 1
+                stats.drafted_tokens += len(v.draft)
+                stats.accepted_tokens += kept
+                for d in v.draft[:kept]:
+                    ended = emit(d)
+                    yield d
+                    if ended:
+                        return
+                cur = nxt
             else:
-                m, nxt = accept_sampled(step.draft, step.logits, sample.next_key())
-            kept = m
-            for i, d in enumerate(step.draft[:m]):  # a stop or the budget inside the accepted part ends it
-                if d in stops or emitted + i + 1 >= max_tokens:
-                    kept = i + 1
-                    break
-            cache.settle(len(step.draft) - kept)  # the cache now holds `token` and the kept drafts
-            now = time.perf_counter()
-            policy.observe_verify(now - t_iter, len(step.draft), m)
-            t_iter = now
-            stats.verifications += 1
-            stats.drafted_tokens += len(step.draft)
-            stats.accepted_tokens += kept
-            for d in step.draft[:kept]:
-                ended = emit(d)
-                yield d
-                if ended:
-                    return
-            cur = nxt
-        else:
-            now = time.perf_counter()
-            if policy is not None:
-                policy.observe_plain(now - t_iter)
-            t_iter = now
-            cur = step
+                now = time.perf_counter()
+                if policy is not None:
+                    policy.observe_plain(now - t_iter)
+                t_iter = now
+                cur = step
+    finally:
+        if isinstance(step, _Verification):  # closed while a verification was in flight: keep `token`
+            cache.settle(len(step.draft))

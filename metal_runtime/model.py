@@ -8,7 +8,7 @@ gains, and sliding-window caches are exact under chunked prefill, trimming and s
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -47,18 +47,27 @@ class Attention(nn.Module):
         self.scale = 1.0 / math.sqrt(hd)
         self._rope = rope
 
-    def __call__(self, x: mx.array, mask: Mask, cache=None, offset: int = 0) -> mx.array:
+    def __call__(self, x: mx.array, mask, cache=None, offset=0) -> mx.array:
+        """x [B, L, H]. For independent sequences decoded together, `mask`, `cache` and `offset` are
+        lists with one entry per row: the projections run batched, attention runs per sequence."""
         B, L, _ = x.shape
         q = self.q_proj(x).reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
+        if isinstance(cache, list):
+            o = mx.concatenate([self._attend(q[b : b + 1], k[b : b + 1], v[b : b + 1], mask[b], cache[b], offset[b])
+                                for b in range(B)])
+        else:
+            o = self._attend(q, k, v, mask, cache, offset)
+        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+    def _attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Mask, cache, offset: int) -> mx.array:
         q, k = self._rope(q, offset), self._rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        o = mx.fast.scaled_dot_product_attention(
+        return mx.fast.scaled_dot_product_attention(
             q, k, v, scale=self.scale, mask=mask, sinks=self.sinks.astype(q.dtype)
         )
-        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
 class TransformerBlock(nn.Module):
@@ -72,7 +81,7 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def __call__(self, x: mx.array, mask: Mask, cache=None, offset: int = 0) -> mx.array:
+    def __call__(self, x: mx.array, mask, cache=None, offset=0) -> mx.array:
         h = x + self.self_attn(self.input_layernorm(x), mask, cache, offset)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -97,19 +106,30 @@ class GptOssModel(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.dtype = mx.bfloat16  # activations; set by the loader
 
-    def __call__(self, inputs: mx.array, cache: Optional[ModelCache] = None) -> mx.array:
-        """tokens [B, T] -> final hidden states [B, T, H]."""
+    def __call__(self, inputs: mx.array, cache: Union[ModelCache, list[ModelCache], None] = None) -> mx.array:
+        """tokens [B, T] -> final hidden states [B, T, H].
+
+        `cache` is one ModelCache for a batch that moves together, or a list of them, one per row,
+        for independent sequences decoded in one pass (each at its own position).
+        """
         B, T = inputs.shape
-        offset = cache.offset if cache is not None else 0
-        if offset + T > self.args.max_position_embeddings:
+        caches = cache if isinstance(cache, list) else None
+        offsets = [c.offset for c in caches] if caches else [cache.offset if cache is not None else 0]
+        if max(offsets) + T > self.args.max_position_embeddings:
             raise ContextOverflowError(
-                f"{offset + T} positions exceed the model's context of {self.args.max_position_embeddings}"
+                f"{max(offsets) + T} positions exceed the model's context of {self.args.max_position_embeddings}"
             )
-        full_mask, sliding_mask = cache.masks(T) if cache is not None else _uncached_masks(T, self.args.sliding_window)
+        if caches:
+            masks = [c.masks(T) for c in caches]
+        else:
+            masks = [cache.masks(T) if cache is not None else _uncached_masks(T, self.args.sliding_window)]
         x = self.embed_tokens(inputs).astype(self.dtype)
         for i, (layer, kind) in enumerate(zip(self.layers, self.args.layer_types)):
-            mask = sliding_mask if kind == SLIDING else full_mask
-            x = layer(x, mask, cache[i] if cache is not None else None, offset)
+            which = 1 if kind == SLIDING else 0
+            if caches:
+                x = layer(x, [m[which] for m in masks], [c[i] for c in caches], offsets)
+            else:
+                x = layer(x, masks[0][which], cache[i] if cache is not None else None, offsets[0])
         return self.norm(x)
 
 
@@ -127,7 +147,7 @@ class Model(nn.Module):
         self.model = GptOssModel(args, self.expert_path)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    def __call__(self, inputs: mx.array, cache: Optional[ModelCache] = None) -> mx.array:
+    def __call__(self, inputs: mx.array, cache: Union[ModelCache, list[ModelCache], None] = None) -> mx.array:
         return self.lm_head(self.model(inputs, cache))
 
     @property
