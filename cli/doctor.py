@@ -18,11 +18,19 @@ def _gb(n) -> str:
 @click.command("doctor")
 @click.argument("model_path", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--retime", is_flag=True, help="Check and race the Metal kernels again instead of using the "
+                                             "verdicts stored for this machine and MLX version.")
 @handle_user_errors
-def doctor_cmd(model_path: str | None, as_json: bool) -> None:
-    """Platform, MLX backend, Metal kernels (self-tested now), vocabulary, memory vs MODEL_PATH."""
+def doctor_cmd(model_path: str | None, as_json: bool, retime: bool) -> None:
+    """Platform, MLX backend, Metal kernels (self-tested and raced against the MLX path), vocabulary,
+    memory vs MODEL_PATH."""
+    import os
+
     from gptoss_metal.harmony_io import HarmonyIOError, vocab_status
     from gptoss_metal.metal_runtime.diagnostics import diagnostics
+
+    if retime:
+        os.environ["GPTOSS_KERNEL_RETIME"] = "1"
 
     info = diagnostics()
     try:

@@ -3,21 +3,23 @@
 - `TwinPath`: the float32 MLX twins of the Metal kernels. They *define* what the kernels compute;
   tests compare every other path with them. Not a production path.
 - `MLXPath`: the fast MLX path that runs wherever the kernels do not (CUDA, the CPU, a Mac whose
-  kernels stepped aside): activations in the model's dtype straight into `gather_qmm`, tokens sorted
-  by expert for prefill, a top-k router whose cost is O(N*E) and whose ties go to the lower id.
+  kernels stepped aside): activations in the model's dtype straight into `gather_qmm` (float32 on the
+  CPU), tokens sorted by expert for prefill, compiled elementwise chains, a sort-based top-k router
+  (O(E log E) per token, not the twin's E^2) whose ties go to the lower id.
 - `HostPath`: the CPU backend's prefill: each used expert dequantized once, multiplied on numpy's
   BLAS (the CPU wheel's MXFP4 matmul is a scalar loop); decode and small batches go to its inner path.
 - `KernelPath`: the Metal kernels for decode (<= 8 tokens) where they passed their self-test, its
   inner path otherwise.
 
-`choose_expert_path("auto")` picks per backend: Metal -> kernels over MLX; CPU -> host over MLX;
-CUDA and other GPUs -> MLX.
+`choose_expert_path("auto")` picks per backend: Metal -> kernels over MLX; CPU -> host (large prefill)
+over MLX in float32; CUDA and other GPUs -> MLX in the model's dtype.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import mlx.core as mx
 
@@ -28,7 +30,7 @@ from .kernels.twins import route_twin
 from .moe import SwitchMXFP4GLU, swiglu
 
 PATH_NAMES = ("auto", "kernels", "mlx", "host", "twin")
-HOST_MIN_ROWS = 16  # CPU backend: token*expert pairs from which dequantize + host BLAS pays off
+HOST_MIN_ROWS_PER_EXPERT = 16  # CPU backend: dequantize + host BLAS pays off from ~17 rows per expert
 SORT_MIN_PAIRS = 64  # token*expert pairs from which sorting by expert beats an unsorted gather
 
 
@@ -47,22 +49,35 @@ class ExpertPath(Protocol):
 def ranked_top_k(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
     """Top-k expert ids by (logit descending, id ascending) and the softmax over their logits.
 
-    Exactly the twins' and the kernel's choice, ties included, in O(N*E): each float32 logit becomes
-    an order-preserving integer, shifted left to make room for the inverted expert id, so every key
-    is unique and one argpartition picks the k largest; the k are then put in rank order.
+    Exactly the twins' and the kernel's choice, ties included, at O(E log E) per token: MLX's sort is
+    stable on every backend (CPU, Metal and CUDA sort with stable merges), so equal logits keep id order;
+    tests/test_expert_paths.py pins this against the twin on tie-heavy inputs.
     """
-    n_experts = logits.shape[-1]
-    lg = logits.astype(mx.float32) + 0.0  # -0.0 -> +0.0: equal logits must get equal keys
-    bits = mx.view(lg, mx.int32)
-    ordered = mx.where(bits < 0, bits ^ 0x7FFFFFFF, bits).astype(mx.int64)
-    id_bits = max(1, (n_experts - 1).bit_length())
-    inverted_id = (n_experts - 1) - mx.arange(n_experts, dtype=mx.int64)
-    keys = (ordered << id_bits) | inverted_id
-    top = mx.argpartition(-keys, kth=k - 1, axis=-1)[..., :k]
-    rank = mx.argsort(-mx.take_along_axis(keys, top, axis=-1), axis=-1)
-    idx = mx.take_along_axis(top, rank, axis=-1)
-    vals = mx.take_along_axis(lg, idx, axis=-1)
-    return idx.astype(mx.uint32), mx.softmax(vals, axis=-1, precise=True)
+    idx = mx.argsort(-logits, axis=-1)[..., :k]
+    vals = mx.take_along_axis(logits, idx, axis=-1)
+    return idx.astype(mx.uint32), mx.softmax(vals.astype(mx.float32), axis=-1, precise=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _chains(limit: float, alpha: float) -> tuple[Callable, Callable]:
+    """The elementwise chains around the expert matmuls, each compiled into one kernel.
+
+    `glu`: biases added and the clamped SwiGLU, in float32 inside (like the kernels), result in the
+    input dtype. Not shapeless: in shapeless mode MLX leaves the input casts outside the fused kernel.
+    `weigh`: the down projection's bias added and the routing weight applied, in float32.
+    """
+
+    @mx.compile
+    def glu(g: mx.array, u: mx.array, bg: mx.array, bu: mx.array) -> mx.array:
+        out = swiglu(g.astype(mx.float32) + bg.astype(mx.float32), u.astype(mx.float32) + bu.astype(mx.float32),
+                     limit, alpha)
+        return out.astype(g.dtype)
+
+    @functools.partial(mx.compile, shapeless=True)
+    def weigh(d: mx.array, bd: mx.array, w: mx.array) -> mx.array:
+        return (d.astype(mx.float32) + bd.astype(mx.float32)) * w
+
+    return glu, weigh
 
 
 class TwinPath:
@@ -78,46 +93,58 @@ class TwinPath:
 
 
 class MLXPath:
-    """MLX operations only, in the model's activation dtype."""
+    """MLX operations only: `gather_qmm` on the activations, compiled elementwise chains.
+
+    `compute_dtype` is what goes into the quantized matmuls: None keeps the model's activation dtype
+    (bf16 on GPUs: half the bytes, the fast kernels); the CPU backend passes float32, because the CPU
+    wheel's MXFP4 matmul is several times slower on bf16 input.
+    """
 
     name = "mlx"
 
-    def __init__(self, sort_min_pairs: int = SORT_MIN_PAIRS):
+    def __init__(self, sort_min_pairs: int = SORT_MIN_PAIRS, compute_dtype: Optional[mx.Dtype] = None):
         self.sort_min_pairs = sort_min_pairs
+        self.compute_dtype = compute_dtype
 
     def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
         return ranked_top_k(logits, k)
 
     def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU) -> mx.array:
+        xc = x if self.compute_dtype is None else x.astype(self.compute_dtype)
         if idx.size >= self.sort_min_pairs:
-            return self._sorted(x, idx, w, layer)
-        return self._gathered(x, idx, w, layer)
+            y = self._sorted(xc, idx, w, layer)
+        else:
+            y = self._gathered(xc, idx, w, layer)
+        return y.astype(x.dtype)
 
     @staticmethod
     def _gathered(x: mx.array, idx: mx.array, w: mx.array, m: SwitchMXFP4GLU) -> mx.array:
         """Few tokens (decode): every token against its k experts, no sorting."""
+        glu, weigh = _chains(m.limit, m.alpha)
         xs = x[:, None, None, :]  # [N, 1, 1, H] broadcasts against idx [N, k]
-        g = m.gate_proj.gather(xs, idx).squeeze(-2) + m.gate_proj.bias[idx]
-        u = m.up_proj.gather(xs, idx).squeeze(-2) + m.up_proj.bias[idx]
-        a = swiglu(g, u, m.limit, m.alpha)
-        d = m.down_proj.gather(a[:, :, None, :], idx).squeeze(-2) + m.down_proj.bias[idx]
-        return (d * w[..., None].astype(d.dtype)).sum(axis=1)
+        g = m.gate_proj.gather(xs, idx)
+        u = m.up_proj.gather(xs, idx)
+        a = glu(g, u, m.gate_proj.bias[idx][..., None, :], m.up_proj.bias[idx][..., None, :])
+        d = m.down_proj.gather(a, idx)
+        y = weigh(d, m.down_proj.bias[idx][..., None, :], w[..., None, None].astype(mx.float32))
+        return y.sum(axis=1).squeeze(-2)
 
     @staticmethod
     def _sorted(x: mx.array, idx: mx.array, w: mx.array, m: SwitchMXFP4GLU) -> mx.array:
         """Many tokens (prefill): token*expert pairs sorted by expert, so each expert's rows are read once."""
+        glu, weigh = _chains(m.limit, m.alpha)
         N, k = idx.shape
         flat = idx.flatten()
         order = mx.argsort(flat)
         inv = mx.argsort(order)
         sidx = flat[order]
         xs = x[order // k][:, None, :]  # [N*k, 1, H], grouped by expert
-        g = m.gate_proj.gather(xs, sidx, True) + m.gate_proj.bias[sidx][:, None, :]
-        u = m.up_proj.gather(xs, sidx, True) + m.up_proj.bias[sidx][:, None, :]
-        a = swiglu(g, u, m.limit, m.alpha)
-        d = m.down_proj.gather(a, sidx, True) + m.down_proj.bias[sidx][:, None, :]
-        d = d.squeeze(1)[inv].reshape(N, k, -1)
-        return (d * w[..., None].astype(d.dtype)).sum(axis=1)
+        g = m.gate_proj.gather(xs, sidx, True)
+        u = m.up_proj.gather(xs, sidx, True)
+        a = glu(g, u, m.gate_proj.bias[sidx][:, None, :], m.up_proj.bias[sidx][:, None, :])
+        d = m.down_proj.gather(a, sidx, True).squeeze(1)
+        y = weigh(d, m.down_proj.bias[sidx], w.flatten()[order][:, None].astype(mx.float32))
+        return y[inv].reshape(N, k, -1).sum(axis=1)
 
 
 class HostPath:
@@ -125,15 +152,15 @@ class HostPath:
 
     name = "host"
 
-    def __init__(self, inner: Optional[ExpertPath] = None, min_rows: int = HOST_MIN_ROWS):
-        self.inner = inner if inner is not None else MLXPath()
-        self.min_rows = min_rows
+    def __init__(self, inner: Optional[ExpertPath] = None, min_rows_per_expert: int = HOST_MIN_ROWS_PER_EXPERT):
+        self.inner = inner if inner is not None else MLXPath(compute_dtype=mx.float32)
+        self.min_rows_per_expert = min_rows_per_expert
 
     def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
         return self.inner.route(logits, k)
 
     def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU) -> mx.array:
-        if idx.size >= self.min_rows:
+        if idx.size >= self.min_rows_per_expert * layer.num_experts:  # each expert's dequantization amortized
             return host_experts(x, idx, w, layer)
         return self.inner.experts(x, idx, w, layer)
 
@@ -165,17 +192,14 @@ def choose_expert_path(name: Optional[str] = None, kernels: Optional[KernelSet] 
         raise ValueError(f"expert path must be one of {', '.join(PATH_NAMES)}, got {name!r}")
     if name == "twin":
         return TwinPath()
-    if name == "mlx":
-        return MLXPath()
-    if name == "host":
-        return HostPath()
-    if name == "kernels":
-        return KernelPath(kernels if kernels is not None else KernelSet())
     backend = backend_name()
-    if backend == "cpu":
-        return HostPath(kernels_or_mlx(kernels))
-    return kernels_or_mlx(kernels if kernels is not None else KernelSet())
-
-
-def kernels_or_mlx(kernels: Optional[KernelSet]) -> ExpertPath:
-    return KernelPath(kernels) if kernels is not None and kernels.active else MLXPath()
+    mlx_path = MLXPath(compute_dtype=mx.float32 if backend == "cpu" else None)
+    if name == "mlx":
+        return mlx_path
+    if name == "host":
+        return HostPath(mlx_path)
+    if name == "kernels":
+        return KernelPath(kernels if kernels is not None else KernelSet(), mlx_path)
+    kernels = kernels if kernels is not None else KernelSet()
+    inner = KernelPath(kernels, mlx_path) if kernels.active else mlx_path
+    return HostPath(inner) if backend == "cpu" else inner

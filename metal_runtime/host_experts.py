@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .moe import MXFP4Projection, SwitchMXFP4GLU, swiglu
 
@@ -17,6 +18,10 @@ _FP4 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -
 # byte -> (value of low nibble, value of high nibble): the element pair a byte packs
 _PAIRS = np.stack([_FP4[np.arange(256) & 15], _FP4[np.arange(256) >> 4]], axis=-1)
 
+
+# One BLAS thread: MLX's own CPU threads run beside numpy, and OpenBLAS's spinning threads collapse
+# (30x slower measured) when the cores are oversubscribed.
+_BLAS = ThreadpoolController()
 
 ROW_BLOCK = 256  # output rows dequantized at a time: bounds the float32 copy (~3 MB at H = 2880)
 
@@ -46,6 +51,11 @@ def _bias(proj: MXFP4Projection, e: int) -> np.ndarray:
 
 
 def host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: SwitchMXFP4GLU) -> mx.array:
+    with _BLAS.limit(limits=1, user_api="blas"):
+        return _host_experts(x, idx, weights, experts)
+
+
+def _host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: SwitchMXFP4GLU) -> mx.array:
     xs = np.asarray(x.astype(mx.float32))
     ids = np.asarray(idx)
     ws = np.asarray(weights.astype(mx.float32))

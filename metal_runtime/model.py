@@ -44,7 +44,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(H, self.n_kv * hd, bias=True)
         self.o_proj = nn.Linear(self.n_heads * hd, H, bias=True)
         self.sinks = mx.zeros((self.n_heads,))
-        self.scale = 1.0 / math.sqrt(hd)
+        # YaRN's concentration multiplies cos and sin, i.e. both q and k: its square joins the scale
+        self.scale = args.yarn_concentration ** 2 / math.sqrt(hd)
         self._rope = rope
 
     def __call__(self, x: mx.array, mask, cache=None, offset=0) -> mx.array:

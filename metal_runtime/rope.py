@@ -2,7 +2,8 @@
 
 The NTK-by-parts correction range comes from `Architecture.yarn_correction_range` (unrounded,
 ~8.093 to ~17.398 for gpt-oss; rounding it is a known divergence elsewhere). The YaRN
-concentration 0.1*ln(factor)+1 multiplies cos and sin, which equals scaling the rotated input by it.
+concentration 0.1*ln(factor)+1 multiplies cos and sin; since it scales both queries and keys, the
+attention applies it as concentration^2 in its softmax scale (model.py) instead of two multiplies.
 """
 
 from __future__ import annotations
@@ -32,13 +33,11 @@ class YarnRope:
 
     def __init__(self, arch: Architecture):
         self.head_dim = arch.head_dim
-        self.concentration = arch.yarn_concentration
         # mx.fast.rope takes periods (angle = position / period)
         self._periods = mx.array((1.0 / yarn_inv_freq(arch)).astype(np.float32))
 
     def __call__(self, x: mx.array, offset: int) -> mx.array:
-        if self.concentration != 1.0:
-            x = x * mx.array(self.concentration, dtype=x.dtype)
+        """The rotation without the concentration (the attention scale carries it)."""
         return mx.fast.rope(
             x, self.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._periods
         )

@@ -16,8 +16,21 @@ import numpy as np
 from helpers import decode_mxfp4, load_tensors
 
 
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float64 values to the nearest bfloat16 (ties to even), returned as float64."""
+    f = np.asarray(x, dtype=np.float32)
+    bits = f.view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
 class Reference:
-    def __init__(self, hf_dir: Path):
+    """`activations="bfloat16"` rounds every activation a bf16 model stores (embeddings, projections,
+    attention and expert outputs, residual sums, norms) while computing exactly in between: the
+    reference's own bf16 run, whose error bounds what a bf16 implementation can be expected to have."""
+
+    def __init__(self, hf_dir: Path, activations: str = "float64"):
+        self.r = round_bf16 if activations == "bfloat16" else (lambda x: x)
         cfg = json.loads((Path(hf_dir) / "config.json").read_text())
         self.cfg = cfg
         self.w = load_tensors(hf_dir)
@@ -74,10 +87,11 @@ class Reference:
     def attention(self, n, t, positions):
         p = f"model.layers.{n}.self_attn"
         T = t.shape[0]
-        q = (t @ self.g(f"{p}.q_proj.weight").T + self.g(f"{p}.q_proj.bias")).reshape(T, self.nh, self.hd)
-        k = (t @ self.g(f"{p}.k_proj.weight").T + self.g(f"{p}.k_proj.bias")).reshape(T, self.nkv, self.hd)
-        v = (t @ self.g(f"{p}.v_proj.weight").T + self.g(f"{p}.v_proj.bias")).reshape(T, self.nkv, self.hd)
-        q, k = self.rope(q, positions), self.rope(k, positions)
+        r = self.r
+        q = r(t @ self.g(f"{p}.q_proj.weight").T + self.g(f"{p}.q_proj.bias")).reshape(T, self.nh, self.hd)
+        k = r(t @ self.g(f"{p}.k_proj.weight").T + self.g(f"{p}.k_proj.bias")).reshape(T, self.nkv, self.hd)
+        v = r(t @ self.g(f"{p}.v_proj.weight").T + self.g(f"{p}.v_proj.bias")).reshape(T, self.nkv, self.hd)
+        q, k = r(self.rope(q, positions)), r(self.rope(k, positions))
         sinks = self.g(f"{p}.sinks")
         group = self.nh // self.nkv
         sliding = self.layer_types[n] == "sliding_attention"
@@ -91,11 +105,11 @@ class Reference:
                 e = np.exp(logits - logits.max())
                 wts = e / e.sum()
                 out[i, h] = sum(wts[a] * v[j, kv] for a, j in enumerate(visible))
-        return out.reshape(T, -1) @ self.g(f"{p}.o_proj.weight").T + self.g(f"{p}.o_proj.bias")
+        return r(r(out.reshape(T, -1)) @ self.g(f"{p}.o_proj.weight").T + self.g(f"{p}.o_proj.bias"))
 
     def moe(self, n, t):
         p = f"model.layers.{n}.mlp"
-        logits = t @ self.g(f"{p}.router.weight").T + self.g(f"{p}.router.bias")
+        logits = self.r(t @ self.g(f"{p}.router.weight").T + self.g(f"{p}.router.bias"))
         w1, b1, w2, b2 = self.experts[n]
         out = np.zeros_like(t)
         for i in range(t.shape[0]):
@@ -107,14 +121,15 @@ class Reference:
                 glu, lin = np.minimum(h[0::2], self.limit), np.clip(h[1::2], -self.limit, self.limit)
                 a = glu / (1 + np.exp(-1.702 * glu)) * (lin + 1)
                 out[i] += wt * (w2[ex] @ a + b2[ex])
-        return out
+        return self.r(out)
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         positions = np.arange(len(tokens), dtype=np.float64)
-        x = self.g("model.embed_tokens.weight")[np.array(tokens)]
+        r = self.r
+        x = r(self.g("model.embed_tokens.weight")[np.array(tokens)])
         for n in range(self.L):
             p = f"model.layers.{n}"
-            x = x + self.attention(n, self.rmsnorm(x, self.g(f"{p}.input_layernorm.weight")), positions)
-            x = x + self.moe(n, self.rmsnorm(x, self.g(f"{p}.post_attention_layernorm.weight")))
-        x = self.rmsnorm(x, self.g("model.norm.weight"))
-        return x @ self.g("lm_head.weight").T
+            x = r(x + self.attention(n, r(self.rmsnorm(x, self.g(f"{p}.input_layernorm.weight"))), positions))
+            x = r(x + self.moe(n, r(self.rmsnorm(x, self.g(f"{p}.post_attention_layernorm.weight")))))
+        x = r(self.rmsnorm(x, self.g("model.norm.weight")))
+        return r(x @ self.g("lm_head.weight").T)

@@ -34,7 +34,7 @@ def _np(a: mx.array) -> np.ndarray:
 
 
 @pytest.mark.parametrize("path", [TwinPath(), MLXPath(sort_min_pairs=1), MLXPath(sort_min_pairs=10**9),
-                                  HostPath(min_rows=1)], ids=["twin", "mlx-sorted", "mlx-gathered", "host"])
+                                  HostPath(min_rows_per_expert=0)], ids=["twin", "mlx-sorted", "mlx-gathered", "host"])
 def test_float32_logits_match_float64_reference(tiny_runtime, ref_logits, path):
     model = load(tiny_runtime, dtype="float32", experts=path)  # every expert path the model may pick
     got = _np(model(mx.array([SEQ])))[0]
@@ -209,3 +209,20 @@ def test_requantized_experts_are_refused_with_a_clear_message(tmp_path, tiny_run
     (tmp_path / "m" / "model.safetensors.index.json").unlink()
     with pytest.raises(ModelLoadError, match="re-quantized with affine"):
         load(tmp_path / "m")
+
+
+@pytest.fixture(scope="session")
+def ref_bf16_logits(tiny_hf):
+    return Reference(tiny_hf, activations="bfloat16").logits(SEQ)
+
+
+@pytest.mark.parametrize("path", [MLXPath(), None], ids=["mlx-bf16-compute (GPU path)", "auto"])
+def test_bf16_logits_stay_within_the_error_of_the_references_own_bf16_run(tiny_runtime, ref_logits,
+                                                                          ref_bf16_logits, path):
+    """bf16 activations cost what storing activations in bf16 costs, and not more."""
+    model = load(tiny_runtime, dtype="bfloat16", experts=path)
+    got = _np(model(mx.array([SEQ])))[0]
+    ours, bound = np.abs(got - ref_logits), np.abs(ref_bf16_logits - ref_logits)
+    assert ours.max() <= 1.25 * bound.max(), (ours.max(), bound.max())
+    assert ours.mean() <= 1.5 * bound.mean(), (ours.mean(), bound.mean())
+    assert (got.argmax(-1) == ref_logits.argmax(-1)).mean() >= 0.9

@@ -1,13 +1,13 @@
-"""Choosing kernel or twin: build the Metal kernels, self-test them on first use, fall back loudly once.
+"""Kernel or MLX path: build the Metal kernels, check and race each configuration once, step aside loudly.
 
-GPTOSS_KERNELS=auto (default): kernels on Metal, twins elsewhere; =off: always twins;
-=on: kernels even where a self-test failed (for debugging; errors then propagate).
+GPTOSS_KERNELS=auto (default): a kernel runs where it is correct and faster; =off: never;
+=on: always, even where it failed or lost (for debugging; errors then propagate).
 
-Each kernel is self-tested the first time it is used with a given configuration (template
-arguments and dtypes): kernel and twin run on random inputs of that configuration (the experts
-kernels on the layer's own weights) and must agree. A compile error or a mismatch disables that
-kernel configuration with one warning, and its twin runs instead. `status()` is what
-`gptoss doctor` shows.
+The first time a configuration (template arguments and dtypes) is used: its self-test runs kernel
+and twin on random inputs of that configuration (the experts kernels on the layer's own weights) and
+they must agree; then kernel and MLX path race on the real inputs. A compile error or a mismatch
+disables the configuration with one warning; a correct but slower kernel steps aside quietly. The
+verdicts are kept per machine and MLX version (verdicts.py); `status()` is what `gptoss doctor` shows.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import mlx.core as mx
 from ..backend import backend_name
 from . import sources
 from .twins import experts_down_twin, experts_up_twin, route_twin
+from .verdicts import Verdict, VerdictStore, time_ms
 
 # executor(spec) -> callable with mx.fast.metal_kernel's call signature, returning output arrays
 Executor = Callable[[sources.KernelSpec], Callable[..., list]]
@@ -47,37 +48,49 @@ def _agrees(got: mx.array, want: mx.array, rtol: float = 1e-3) -> tuple[bool, fl
 
 @dataclass
 class KernelSet:
+    """The Metal kernels of one process: compiled once, each configuration checked and raced once.
+
+    `race(kernel_fn, mlx_fn) -> (kernel_ms, mlx_ms)` times a configuration on its real inputs (the
+    layer's own weights); `store` keeps verdicts per machine and MLX version (in memory if None).
+    """
+
     executor: Optional[Executor] = None
     mode: str = field(default_factory=lambda: os.environ.get("GPTOSS_KERNELS", "auto"))
+    store: Optional[VerdictStore] = None
+    race: Optional[Callable[[Callable[[], Any], Callable[[], Any]], tuple[float, float]]] = None
     _compiled: dict[str, Any] = field(default_factory=dict)
-    _verdicts: dict[tuple, tuple[bool, str]] = field(default_factory=dict)
+    _verdicts: dict[tuple, Verdict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "on", "off"):
             raise ValueError(f"GPTOSS_KERNELS must be auto, on or off, got {self.mode!r}")
         if self.executor is None and backend_name() == "metal":
             self.executor = metal_executor
+        if self.store is None:
+            self.store = VerdictStore.default() if self.executor is metal_executor else VerdictStore(None, "here")
+        if self.race is None:
+            self.race = lambda kernel_fn, mlx_fn: (time_ms(kernel_fn), time_ms(mlx_fn))
 
     @property
     def active(self) -> bool:
         return self.mode != "off" and self.executor is not None
 
     def status(self) -> dict[str, str]:
-        """Per kernel: passed / failed: why / not yet used / skipped: why."""
+        """Per kernel, in words: skipped (why) / not used yet / passed and faster or slower / failed (why)."""
         if self.mode == "off":
             return {k: "skipped: disabled by GPTOSS_KERNELS=off" for k in sources.KERNELS}
         if self.executor is None:
-            return {k: f"skipped: no Metal ({backend_name()} backend); MLX twin in use" for k in sources.KERNELS}
+            return {k: f"skipped: no Metal ({backend_name()} backend); the MLX path runs" for k in sources.KERNELS}
         out = {}
         for k in sources.KERNELS:
             group = "experts" if k.startswith("experts") else k  # up and down are tested together
             verdicts = [v for key, v in self._verdicts.items() if key[0] == group]
             if not verdicts:
                 out[k] = "not used yet"
-            elif all(ok for ok, _ in verdicts):
-                out[k] = "passed"
             else:
-                out[k] = "failed: " + next(msg for ok, msg in verdicts if not ok)
+                out[k] = "; ".join(sorted({v.describe() for v in verdicts}))
+        if self.mode == "on":
+            out = {k: v + " (GPTOSS_KERNELS=on: kernels forced)" for k, v in out.items()}
         return out
 
     # -- plumbing --------------------------------------------------------------------------
@@ -88,25 +101,32 @@ class KernelSet:
         return self._compiled[name]
 
     def _disable(self, key: tuple, why: str) -> None:
-        self._verdicts[key] = (False, why)
-        msg = (f"gptoss: Metal kernel {key[0]} disabled for {key[1:]} ({why}); using its MLX twin. "
+        msg = (f"gptoss: Metal kernel {key[0]} disabled for {key[1:]} ({why}); using the MLX path. "
                "Set GPTOSS_KERNELS=off to silence, or report this with `gptoss doctor` output.")
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
-    def _checked(self, key: tuple, selftest: Callable[[], tuple[bool, str]]) -> bool:
-        """Run the self-test for `key` once; True if the kernel may be used."""
+    def _checked(self, key: tuple, selftest: Callable[[], tuple[bool, str]],
+                 kernel_fn: Callable[[], Any], mlx_fn: Callable[[], Any]) -> bool:
+        """Decide `key` once (self-test, then a race against the MLX path); True if the kernel runs."""
         if key not in self._verdicts:
-            try:
-                ok, why = selftest()
-            except Exception as e:  # noqa: BLE001 - compile errors and launch failures alike
-                if self.mode == "on":
-                    raise
-                ok, why = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            if ok:
-                self._verdicts[key] = (True, why)
+            stored = self.store.get(repr(key))
+            if stored is not None:
+                self._verdicts[key] = stored
             else:
-                self._disable(key, why)
-        return self._verdicts[key][0] or self.mode == "on"
+                try:
+                    ok, why = selftest()
+                except Exception as e:  # noqa: BLE001 - compile errors and launch failures alike
+                    if self.mode == "on":
+                        raise
+                    ok, why = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                verdict = Verdict(ok, why)
+                if ok:
+                    verdict.kernel_ms, verdict.mlx_ms = self.race(kernel_fn, mlx_fn)
+                self._verdicts[key] = verdict
+                self.store.put(repr(key), verdict)
+            if not self._verdicts[key].correct:
+                self._disable(key, self._verdicts[key].detail)
+        return self._verdicts[key].use or self.mode == "on"
 
     # -- router ----------------------------------------------------------------------------
 
@@ -133,7 +153,7 @@ class KernelSet:
                 ok, err = _agrees(kw, tw)
                 return ok, f"max weight error {err:.2e}"
 
-            if self._checked(key, selftest):
+            if self._checked(key, selftest, lambda: self._router_call(logits, k), lambda: fallback(logits, k)):
                 return self._router_call(logits, k)
         return fallback(logits, k)
 
@@ -168,7 +188,8 @@ class KernelSet:
                 ok, err = _agrees(got, want, rtol=1e-2 if x.dtype != mx.float32 else 1e-3)
                 return ok, f"max error {err:.2e} vs twin"
 
-            if self._checked(key, selftest):
+            if self._checked(key, selftest, lambda: self._experts_call(x, idx, w, m),
+                             lambda: fallback(x, idx, w, m)):
                 return self._experts_call(x, idx, w, m)
         return fallback(x, idx, w, m)
 
