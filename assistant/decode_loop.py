@@ -180,13 +180,23 @@ class DecodeLoop:
             if not free:
                 return
             req = self.waiting[0]
-            prompt = req.prompt + req.forced_prefix
-            # the free cache sharing the longest prefix with this prompt; ties: least recently used
-            slot = max(free, key=lambda s: (_common_prefix(s.tokens, prompt), -self.last_used[id(s)]))
+            slot = self._choose_slot(free, req.prompt + req.forced_prefix)
             if not self._fits(req, slot):
                 return
             self.waiting.popleft()
             self._start(req, slot)
+
+    def _choose_slot(self, free: list[PromptCache], prompt: list[int]) -> PromptCache:
+        """The cache this prompt continues (it shares most of what the cache holds); else an empty one;
+        else the least recently used (a shared system prompt is still reused from it)."""
+        shared = {id(s): _common_prefix(s.tokens, prompt) for s in free}
+        continued = [s for s in free if s.tokens and shared[id(s)] * 2 >= len(s.tokens)]
+        if continued:
+            return max(continued, key=lambda s: shared[id(s)])
+        empty = [s for s in free if not s.tokens]
+        if empty:
+            return empty[0]
+        return min(free, key=lambda s: self.last_used[id(s)])
 
     def _start(self, req: Request, slot: PromptCache) -> None:
         self.busy.add(id(slot))

@@ -24,12 +24,17 @@ err = Console(stderr=True, highlight=False)
 @click.option("--max-tokens", type=click.IntRange(1), default=4096, show_default=True,
               help="Default completion limit when a request sets none.")
 @click.option("--dtype", type=DTYPES, default="bfloat16", show_default=True)
+@click.option("--max-sequences", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Requests decoded together in one batched forward pass (more wait in the queue).")
+@click.option("--kv-budget-gb", type=click.FloatRange(0.1), default=None,
+              help="KV-cache memory all conversations may hold together [default: a quarter of RAM].")
 @click.option("--no-speculate", "no_speculate", is_flag=True,
               help="Turn off prompt-lookup speculative decoding by default (requests may still set "
                    "`speculate`).")
 @handle_user_errors
 def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_id: str | None,
-              alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str, no_speculate: bool) -> None:
+              alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str, max_sequences: int,
+              kv_budget_gb: float | None, no_speculate: bool) -> None:
     """Serve MODEL_PATH at http://HOST:PORT/v1 (chat completions and responses)."""
     import uvicorn
 
@@ -38,7 +43,12 @@ def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_
     from gptoss_metal.server.openai_api import OpenAIService
 
     with err.status("loading model..."):
-        engine = Engine.load(model_path, dtype=dtype, model_id=model_id, speculate=not no_speculate)
+        from gptoss_metal.metal_runtime.diagnostics import total_memory_bytes
+
+        ram = total_memory_bytes()
+        budget = int(kv_budget_gb * 2**30) if kv_budget_gb else (ram // 4 if ram else None)
+        engine = Engine.load(model_path, dtype=dtype, model_id=model_id, speculate=not no_speculate,
+                             max_sequences=max_sequences, kv_budget_bytes=budget)
     service = OpenAIService(engine, aliases=alias, max_queue=max_queue, default_max_tokens=max_tokens)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         err.print("[yellow]warning:[/] listening beyond this machine without --api-key")

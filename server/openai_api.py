@@ -113,7 +113,7 @@ class OpenAIService:
         self.engine = engine
         self.model_id = model_id or engine.model_id
         self.names = {self.model_id, *aliases}
-        self.scheduler = Scheduler(max_queue=max_queue)
+        self.scheduler = Scheduler(max_queue=max_queue, workers=engine.max_sequences)
         self.exact_history = ExactHistoryMemory(exact_history_memory)
         self.responses = LRU(stored_responses)
         self.default_max_tokens = default_max_tokens

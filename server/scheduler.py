@@ -1,9 +1,11 @@
-"""One model, many requests: a FIFO queue in front of a single worker thread.
+"""One model, many requests: a FIFO queue in front of `workers` worker threads.
 
-Generations never overlap (they share the engine's KV cache), requests are served in arrival
-order, the queue is bounded (callers turn `QueueFull` into 429), and a job can be cancelled at
-any time: the worker checks between tokens, so a vanished client frees the model within a token
-or two. Items cross from the worker thread to the asyncio side through `call_soon_threadsafe`.
+Each worker runs one job at a time (a generation, or a chat turn with its tools); the engine decodes
+the generations of all workers together (assistant/decode_loop.py), so `workers` is the engine's
+`max_sequences`. Requests start in arrival order, the queue is bounded (callers turn `QueueFull`
+into 429), and a job can be cancelled at any time: the engine checks between tokens, so a vanished
+client frees its sequence within a token or two. Items cross from the worker threads to the asyncio
+side through `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -41,14 +43,26 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, max_queue: int = 64):
+    def __init__(self, max_queue: int = 64, workers: int = 1):
         self.max_queue = max_queue
         self._queue: "queue.Queue[Optional[Job]]" = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
-        self.running: Optional[Job] = None
-        self._thread = threading.Thread(target=self._run, name="gptoss-worker", daemon=True)
-        self._thread.start()
+        self._running: set[Job] = set()
+        self._threads = [threading.Thread(target=self._run, name=f"gptoss-worker-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def running(self) -> Optional[Job]:
+        """A job being run now (None when every worker is idle)."""
+        with self._lock:
+            return next(iter(self._running), None)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
 
     @property
     def pending(self) -> int:
@@ -73,13 +87,15 @@ class Scheduler:
             if job.cancelled.is_set():
                 job.put(END)
                 continue
-            self.running = job
+            with self._lock:
+                self._running.add(job)
             try:
                 job.work(job)
             except BaseException as e:  # noqa: BLE001 - delivered to the request, which decides
                 job.put(e)
             finally:
-                self.running = None
+                with self._lock:
+                    self._running.discard(job)
                 job.put(END)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -92,7 +108,10 @@ class Scheduler:
             if job is not None:
                 job.cancel()
                 job.put(END)
-        if self.running is not None:
-            self.running.cancel()
-        self._queue.put(None)
-        self._thread.join(timeout)
+        with self._lock:
+            for job in self._running:
+                job.cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout)
