@@ -38,16 +38,17 @@ from gptoss_metal.assistant import Engine, TurnStats
 from .scheduler import END, Job, QueueFull, Scheduler
 
 DEFAULT_MAX_TOKENS = 4096
+DISCONNECT_POLL_S = 0.25
 SERVICE_TIER = "default"  # what OpenAI reports for a request processed at the standard tier
 
 
 class EventMapper(Protocol):
-    """Maps parser events to an API's stream shapes, accumulating them in its turn."""
+    """Maps parser events to an API's stream shapes (ChatStreamMapper, ResponsesStreamMapper),
+    accumulating them in its turn."""
 
     turn: AssistantTurn
 
     def __call__(self, event: Event) -> list: ...
-DISCONNECT_POLL_S = 0.25
 
 
 @dataclass

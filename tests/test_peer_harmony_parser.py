@@ -354,3 +354,14 @@ def test_property_no_header_word_reaches_text_and_calls_stay_calls(tokens):
     # every call header surfaces as a call (a word glued to the name without a space stays glued)
     assert len(r.calls) == encoding().decode(tokens).count("to=functions.get_weather")
     assert all(c.recipient.startswith("functions.get_weather") for c in r.calls)
+
+
+def test_peer_tool_response_parsing_fixture_is_a_tool_message_not_a_call():
+    """test_tool_response_parsing parses a *tool's* message (`browser.search to=assistant`); our parser
+    reads what the model generates, so it is no call to `assistant` and its text is all accounted for."""
+    tokens = E(harmony_text("test-data/test_tool_response_parsing.txt"))
+    assert [m["recipient"] for m in upstream(tokens, role=None)] == ["assistant"]
+    for tools in (None, [], ["browser"]):
+        r = read(tokens, tools)
+        assert not r.calls and not r.begins and r.accounted
+        assert [m["text"] for m in r.messages] == ['{"result": "https://openai.com/"}']

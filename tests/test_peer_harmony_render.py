@@ -9,6 +9,8 @@ test, that applying our documented rule to the peer's expectation gives our rend
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gptoss_metal.harmony_io import encoding, render_prompt, render_tool_result
@@ -258,3 +260,15 @@ def test_builtin_tool_calls_and_results_keep_their_namespace():
         {"role": "tool", "tool_call_id": "p", "content": "1"}], builtin_tools=["python"]))
     assert "<|start|>assistant to=python<|channel|>analysis code<|message|>print(1)<|call|>" in text
     assert "<|start|>python to=assistant<|channel|>analysis<|message|>1<|end|>" in text
+
+
+def test_every_peer_harmony_fixture_is_tested():
+    """A fixture added to the peer data must get a case here or in the parser tests."""
+    from peer_data import HARMONY
+
+    here = Path(__file__).parent
+    sources = (here / "test_peer_harmony_render.py").read_text() + (here / "test_peer_harmony_parser.py").read_text()
+    covered = {case.split("#")[0] for case in CASES}
+    files = sorted(HARMONY.glob("*/*.txt"))
+    assert len(files) >= 29
+    assert [f.name for f in files if f"{f.parent.name}/{f.name}" not in covered and f.stem not in sources] == []
