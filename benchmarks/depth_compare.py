@@ -37,14 +37,15 @@ def backend() -> str:
     return "metal" if mx.metal.is_available() else "cuda"
 
 
-def ensure_checkpoint(workdir: Path, layers: int, vocab: int) -> Path:
+def ensure_checkpoint(workdir: Path, layers: int, vocab: int, preset: str = "20b") -> Path:
+    """A `preset`-width checkpoint with `layers` layers and `vocab` entries (built once in `workdir`)."""
     from gptoss_metal.converters import PRESETS, convert, synth
 
     workdir.mkdir(parents=True, exist_ok=True)
-    name = f"w20b-L{layers}-V{vocab}"
+    name = f"w{preset}-L{layers}-V{vocab}"
     src, dst = workdir / f"{name}-hf", workdir / f"{name}-rt"
     if not dst.exists():
-        arch = dataclasses.replace(PRESETS["20b"], num_hidden_layers=layers, vocab_size=vocab, layer_types=())
+        arch = dataclasses.replace(PRESETS[preset], num_hidden_layers=layers, vocab_size=vocab, layer_types=())
         if not src.exists():
             synth(src, arch=arch, fmt="hf", seed=0)
         convert(src, dst)

@@ -155,7 +155,8 @@ def generate(
     cur: Union[mx.array, int] = plain_step(mx.array(prompt[-1:]))  # the next token, not yet in the cache
     mx.async_eval(cur)
     t_first: Optional[float] = None
-    t_iter = time.perf_counter()
+    t_read: Optional[float] = None
+    after_verify = False
     emitted = 0
 
     def emit(token: int) -> bool:
@@ -190,14 +191,17 @@ def generate(
             if room > 0:
                 draft: list[int] = []
                 if drafter is not None:
-                    guess = drafter.draft(room + (0 if known else 1))
-                    draft = guess if known else guess[1:]  # unknown `cur`: the draft's first token stands for it
+                    if known:
+                        draft = drafter.draft(room, after=[cur])
+                    else:  # `cur` is still on the device: the draft's first token stands for it
+                        draft = drafter.draft(room + 1)[1:]
                     draft = draft[: policy.draft_length(len(draft))]
                 first = mx.array(cur) if known else cur
                 step = verify_step(first, draft) if draft else plain_step(first)
                 if not draft:
                     mx.async_eval(step)
             token = cur if known else int(cur.item())
+            t_read, last_read = time.perf_counter(), t_read  # the device finished everything before `step`
             if emit(token):
                 if isinstance(step, _Verification):
                     cache.settle(len(step.draft))  # keep only `token` of what the pass fed
@@ -217,9 +221,8 @@ def generate(
                         kept = i + 1
                         break
                 cache.settle(len(v.draft) - kept)  # the cache now holds `token` and the kept drafts
-                now = time.perf_counter()
-                policy.observe_verify(now - t_iter, len(v.draft), m)
-                t_iter = now
+                policy.observe_verify(time.perf_counter() - t_read, len(v.draft), m)
+                after_verify = True
                 stats.verifications += 1
                 stats.drafted_tokens += len(v.draft)
                 stats.accepted_tokens += kept
@@ -230,10 +233,9 @@ def generate(
                         return
                 cur = nxt
             else:
-                now = time.perf_counter()
-                if policy is not None:
-                    policy.observe_plain(now - t_iter)
-                t_iter = now
+                if policy is not None and last_read is not None and not after_verify:
+                    policy.observe_plain(t_read - last_read)  # one pipelined step per token read
+                after_verify = False
                 cur = step
     finally:
         if isinstance(step, _Verification):  # closed while a verification was in flight: keep `token`

@@ -33,7 +33,7 @@ class Drafter(Protocol):
 
     def extend(self, tokens: Sequence[int]) -> None: ...
 
-    def draft(self, limit: Optional[int] = None) -> list[int]: ...
+    def draft(self, limit: Optional[int] = None, after: Sequence[int] = ()) -> list[int]: ...
 
 
 class PromptLookupDrafter:
@@ -53,15 +53,17 @@ class PromptLookupDrafter:
                 if end - n + 1 >= 0:
                     index[tuple(self.tokens[end - n + 1 : end + 1])] = end
 
-    def draft(self, limit: Optional[int] = None) -> list[int]:
-        """Tokens that followed the latest earlier occurrence of the longest matching suffix."""
+    def draft(self, limit: Optional[int] = None, after: Sequence[int] = ()) -> list[int]:
+        """Tokens that followed the latest earlier occurrence of the longest matching suffix of the
+        context followed by `after` (tokens known but not yet added)."""
         limit = self.max_draft if limit is None else min(limit, self.max_draft)
         if limit <= 0:
             return []
+        tail = (self.tokens[-self.max_ngram :] + list(after))[-self.max_ngram :]
         for n in range(self.max_ngram, self.min_ngram - 1, -1):
-            if len(self.tokens) < n:
+            if len(tail) < n:
                 continue
-            end = self._index[n].get(tuple(self.tokens[-n:]))
+            end = self._index[n].get(tuple(tail[-n:]))
             if end is not None:
                 return self.tokens[end + 1 : end + 1 + limit]
         return []

@@ -102,8 +102,8 @@ class Oracle:
     def extend(self, tokens):
         self.tokens += list(tokens)
 
-    def draft(self, limit=None):
-        done = len(self.tokens) - self.prompt_len
+    def draft(self, limit=None, after=()):
+        done = len(self.tokens) + len(after) - self.prompt_len
         good = self.truth[done: done + int(self.rng.integers(0, (limit or 8) + 1))]
         return (good + [int(t) for t in self.rng.integers(1000, 2000, 3)])[: limit or 8]
 
@@ -117,7 +117,7 @@ def test_greedy_output_is_identical_with_and_without_speculation_past_the_window
         spec = list(generate(model, prompt, max_tokens=48, temperature=0.0, speculate=Always(), stats=stats,
                              drafter=Oracle(plain, len(prompt), seed)))
         assert spec == plain
-        assert stats.verifications > 5 and stats.accepted_tokens > 10  # speculation really ran and paid
+        assert stats.verifications >= 3 and stats.accepted_tokens > 10  # speculation really ran and paid
         assert stats.accepted_tokens < stats.drafted_tokens  # and rolled back what it got wrong
     # prompt lookup itself: same tokens whatever it drafts
     assert list(generate(model, prompt, max_tokens=48, temperature=0.0, speculate=Always())) == plain
