@@ -8,6 +8,7 @@ through the stream parser. A turn reports how many prompt tokens it reused and p
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -30,16 +31,45 @@ class TurnStats(GenerationStats):
 
 
 class Engine:
-    """A loaded model plus the prompt cache of the conversation it is serving."""
+    """A loaded model plus the prompt caches of the conversations it is serving.
 
-    def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4):
+    With one cache slot (the default) every generation shares one prompt cache, which suits one
+    conversation at a time. With more, a generation that names a `cache_key` (the chat page names
+    its conversation) gets a cache of its own, so switching between conversations and back still
+    reuses the earlier one's tokens; the least recently used slot is reset when they run out.
+    Generations without a key share the slot of key None.
+    """
+
+    def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4, cache_slots: int = 1):
+        if cache_slots < 1:
+            raise ValueError("cache_slots must be >= 1")
         self.model = model
         self.model_id = model_id
-        self.prompt_cache = PromptCache(model, max_snapshots=max_snapshots)
+        self.max_snapshots = max_snapshots
+        self.cache_slots = cache_slots
+        self.prompt_cache = PromptCache(model, max_snapshots=max_snapshots)  # the slot used last
+        self._slots: OrderedDict[Optional[str], PromptCache] = OrderedDict([(None, self.prompt_cache)])
+
+    def cache_for(self, key: Optional[str]) -> PromptCache:
+        """The prompt cache of `key` (one shared cache when there is a single slot)."""
+        if self.cache_slots == 1:
+            return self.prompt_cache
+        pc = self._slots.get(key)
+        if pc is None:
+            if len(self._slots) >= self.cache_slots:
+                _, pc = self._slots.popitem(last=False)
+                pc.reset()  # frees its KV memory before the new conversation fills it
+            else:
+                pc = PromptCache(self.model, max_snapshots=self.max_snapshots)
+            self._slots[key] = pc
+        self._slots.move_to_end(key)
+        self.prompt_cache = pc
+        return pc
 
     @classmethod
-    def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None) -> "Engine":
-        return cls(load(path, dtype=dtype), model_id or Path(path).name)
+    def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None,
+             cache_slots: int = 1) -> "Engine":
+        return cls(load(path, dtype=dtype), model_id or Path(path).name, cache_slots=cache_slots)
 
     def stream(
         self,
@@ -54,15 +84,17 @@ class Engine:
         extra_stop_ids: Iterable[int] = (),
         forced_prefix: Sequence[int] = (),
         should_stop: Optional[Callable[[], bool]] = None,
+        cache_key: Optional[str] = None,
     ) -> Iterator[Event]:
         """Parser events of one generation from `prompt` (which ends with `<|start|>assistant`).
 
         `forced_prefix` is fed as if the model had written it (e.g. the header of a tool call that
         `tool_choice` demands); its events come first. `should_stop` is polled after every token
         (not every event: some tokens produce none), so a cancelled request stops within a token.
+        `cache_key` picks the prompt cache (see the class docstring).
         """
         stats = stats if stats is not None else TurnStats()
-        pc = self.prompt_cache
+        pc = self.cache_for(cache_key)
         prompt = list(prompt) + list(forced_prefix)
         reuse = pc.prepare(prompt)
         stats.prompt_tokens = len(prompt) - len(forced_prefix)
