@@ -209,7 +209,7 @@ class ChatSession:
                 else:
                     result = self._run_tool(call)
                 self.messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
-                                      "content": result.output})
+                                      "content": result.output, "status": result.status})
                 yield result
             if stopped():
                 report.interrupted = True

@@ -7,6 +7,7 @@ trims and snapshot restores.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from types import SimpleNamespace
 from typing import Iterable
@@ -20,7 +21,7 @@ FILLER = 200007  # what the double says when no script is active (never read by 
 
 
 class ScriptedModel:
-    def __init__(self, replies: Iterable[list[int]] = (), window: int = 4):
+    def __init__(self, replies: Iterable[list[int]] = (), window: int = 4, delay_s: float = 0.0):
         self.args = SimpleNamespace(vocab_size=VOCAB, max_position_embeddings=131072, sliding_window=window,
                                     num_hidden_layers=2)
         self.replies: deque[list[int]] = deque(replies)
@@ -29,6 +30,7 @@ class ScriptedModel:
         self.expect = -1
         self.generations = 0
         self.window = window
+        self.delay_s = delay_s  # per decoded token: lets a test see a stream arrive (and stop it)
 
     def add_reply(self, tokens: list[int]) -> None:
         self.replies.append(list(tokens))
@@ -45,6 +47,8 @@ class ScriptedModel:
                 layer.update_and_fetch(kv, kv)
         nxt = FILLER
         if T == 1:
+            if self.delay_s:
+                time.sleep(self.delay_s)
             if start != self.expect and self.replies:  # a new prompt was fed: next reply
                 self.current, self.j = self.replies.popleft(), 0
                 self.generations += 1
