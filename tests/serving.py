@@ -21,9 +21,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(service: OpenAIService, api_key: Optional[str] = None, app: Any = None) -> Iterator[str]:
+def live_server(service: OpenAIService, api_key: Optional[str] = None, app: Any = None,
+                port: Optional[int] = None) -> Iterator[str]:
     """Serve `app` (default: the API of `service`) until the block ends."""
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(app or create_app(service, api_key=api_key), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="off")
     server = uvicorn.Server(config)

@@ -1,7 +1,7 @@
 // The chat page: conversation list, settings, composer, streaming turns, errors. No framework:
 // state lives in `state`, the DOM is rebuilt per conversation and patched while a turn streams.
 
-import { api, ApiError, setApiKey, streamTurn } from "./api.js";
+import { api, ApiError, apiKey, setApiKey, streamTurn } from "./api.js";
 import { AssistantView, editorView, turnsFromMessages, userView } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -59,7 +59,7 @@ async function guarded(fn) {
     return await fn();
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) {
-      await askForKey(e.message);
+      await askForKey();
       return guarded(fn);
     }
     if (e instanceof ApiError && e.status === 0) serverGone(e);
@@ -68,9 +68,9 @@ async function guarded(fn) {
   }
 }
 
-function askForKey(message) {
+function askForKey() {
   return new Promise((resolve) => {
-    ui.keyError.textContent = message && !/missing/i.test(message) ? "That key was not accepted." : "";
+    ui.keyError.textContent = apiKey() ? "That key was not accepted." : "";
     ui.keyInput.value = "";
     if (!ui.keyDialog.open) ui.keyDialog.showModal();
     const done = () => {
@@ -235,7 +235,7 @@ async function runTurn(body, userText) {
     if (e.name !== "AbortError") {
       live.fail(describe(e));
       if (e instanceof ApiError && e.status === 0) serverGone(e);
-      else if (e instanceof ApiError && e.status === 401) await askForKey(e.message);
+      else if (e instanceof ApiError && e.status === 401) await askForKey();
       else showBanner(describe(e));
     }
   } finally {
