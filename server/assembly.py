@@ -43,7 +43,7 @@ def assemble(engine: Engine, *, data_dir: Optional[Path] = None, api_key: Option
     service = OpenAIService(engine, aliases=aliases, max_queue=max_queue, default_max_tokens=max_tokens,
                             current_date=current_date)
     workspace = Workspace(engine, store, max_tokens=max_tokens, temperature=page_temperature)
-    page = PageService(workspace, service.scheduler, model_id=service.model_id, api_key_required=api_key is not None)
+    page = PageService(workspace, service.scheduler, model_id=service.model_id)
     guard = GuardConfig(bind=bind, allowed_hosts=allow_hosts, allowed_origins=allow_origins)
     app = create_app(service, api_key=api_key, page=page, guard=guard)
     return LocalServer(app, service, page, workspace, database)

@@ -70,13 +70,11 @@ def sse(event: dict[str, Any]) -> str:
 
 
 class PageService:
-    def __init__(self, workspace: Workspace, scheduler: Scheduler, *, model_id: str,
-                 api_key_required: bool = False):
+    def __init__(self, workspace: Workspace, scheduler: Scheduler, *, model_id: str):
         self.workspace = workspace
         self.store: ConversationStore = workspace.store
         self.scheduler = scheduler
         self.model_id = model_id
-        self.api_key_required = api_key_required
         self.jobs: dict[str, Job] = {}  # conversation id -> its queued or running turn
 
     def info(self) -> dict[str, Any]:
