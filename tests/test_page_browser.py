@@ -171,9 +171,15 @@ def test_conversation_survives_a_server_restart_and_regenerate_and_edit_work(pag
         page.click("#effort button[data-effort='high']")
         ask(page, QUESTION)
         wait_done(page)
-    page.wait_for_timeout(200)
+    # the server is gone: the page says so instead of going blank
+    ask(page, "Are you there?")
+    page.wait_for_selector(".error-card")
+    assert "cannot be reached" in page.inner_text("#banner") or "went away" in page.inner_text("#banner")
+    assert page.get_attribute("#server-status", "class") == "dot down"
+    shoot(page, tmp_path, "07-server-gone")
     replies = [SCRIPT[1], "<|channel|>final<|message|>The 31st is `1346269`.<|return|>"]
     with page_server(data, replies, port=port) as (url, srv, _):
+        until(page, "document.querySelector('#banner').hidden", 15)  # it noticed the server is back
         page.reload()
         page.wait_for_selector(".conv")
         titles = page.eval_on_selector_all(".conv", "cs => cs.map(c => c.textContent)")
@@ -184,7 +190,7 @@ def test_conversation_survives_a_server_restart_and_regenerate_and_edit_work(pag
         assert page.get_attribute("#effort button[data-effort='high']", "aria-checked") == "true"
         assert page.is_checked("#python-toggle")
         assert "Ran python" in page.inner_text("details.tool summary")
-        shoot(page, tmp_path, "07-after-restart")
+        shoot(page, tmp_path, "08-after-restart")
         # regenerate the answer (the script answers the step after the tool call again)
         page.click(".regen-btn")
         wait_done(page)
@@ -247,7 +253,7 @@ def test_script_event_handlers_and_remote_images_in_model_output_do_nothing(page
             wait_done(page)
             page.click("details.reasoning summary")
             page.wait_for_timeout(500)
-            shoot(page, tmp_path, "08-untrusted-output")
+            shoot(page, tmp_path, "09-untrusted-output")
             assert page.evaluate("window.__pwned") is None
             answer = page.query_selector(".answer")
             assert "<script>" in answer.inner_text()  # shown as text
@@ -269,7 +275,7 @@ def test_the_api_key_is_asked_once_and_remembered(page, tmp_path):
     with page_server(tmp_path / "data", ["<|channel|>final<|message|>Hello.<|return|>"], api_key="sekret") as (url, _, _):
         page.goto(url)
         page.wait_for_selector("#key-dialog[open]")
-        shoot(page, tmp_path, "09-api-key")
+        shoot(page, tmp_path, "10-api-key")
         page.fill("#key-input", "wrong")
         page.click("#key-ok")
         until(page, "document.querySelector('#key-error').textContent.includes('not accepted')")
@@ -334,13 +340,13 @@ def test_phone_width(browser, tmp_path):
                 "document.querySelector('.sidebar').getBoundingClientRect().right <= 0")
             pg.click("#menu")
             pg.wait_for_timeout(300)
-            shoot(pg, tmp_path, "10-phone-drawer")
+            shoot(pg, tmp_path, "11-phone-drawer")
             pg.click(".conv")
             pg.wait_for_timeout(300)
             ask(pg, QUESTION)
             wait_done(pg)
             width = pg.evaluate("document.documentElement.scrollWidth")
             assert width <= 390  # nothing overflows sideways
-            shoot(pg, tmp_path, "11-phone-answer")
+            shoot(pg, tmp_path, "12-phone-answer")
     finally:
         ctx.close()

@@ -50,6 +50,7 @@ function serverGone(e) {
       ui.dot.className = "dot up";
       hideBanner();
       await refreshList();
+      if (state.conv.id && !state.turn) await openConversation(state.conv.id); // what the server kept
     } catch (_) { /* still gone */ }
   }, 3000);
 }
@@ -209,6 +210,7 @@ async function runTurn(body, userText) {
     while (turns.length && turns[turns.length - 1].role !== "user") turns.pop();
     turns.pop();
   }
+  const before = conv.messages;
   conv.messages = null; // stale until the turn ends and the stored conversation is read back
   ui.messages.textContent = "";
   ui.empty.hidden = true;
@@ -234,6 +236,7 @@ async function runTurn(body, userText) {
   } catch (e) {
     if (e.name !== "AbortError") {
       live.fail(describe(e));
+      scrollToEnd(true);
       if (e instanceof ApiError && e.status === 0) serverGone(e);
       else if (e instanceof ApiError && e.status === 401) await askForKey();
       else showBanner(describe(e));
@@ -258,7 +261,7 @@ async function runTurn(body, userText) {
     await refreshList();
   } catch (_) {
     live.finish();
-    conv.messages = conv.messages || [];
+    conv.messages = before; // the server is gone: show what we had, re-read when it is back
   }
 }
 
