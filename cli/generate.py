@@ -51,7 +51,7 @@ def generate_cmd(model_path: str, prompt: str, system: str | None, effort: str, 
     tokens = render_prompt(messages, reasoning_effort=effort, current_date=today())
     stats = TurnStats()
     for ev in engine.stream(tokens, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                            stats=stats):
+                            tools=[], stats=stats):  # the prompt declares no tools
         if isinstance(ev, (TextDelta, PreambleDelta)):
             sys.stdout.write(ev.text)
             sys.stdout.flush()

@@ -11,7 +11,11 @@ and recipients are validated against the declared tools.
 
 Every event carries the input token ids it accounts for: every text token of the input appears in
 exactly one event, in order (control tokens in none). Text is never dropped: a header that turns out
-not to be one (no `<|message|>`, text before any header) is emitted as content.
+not to be one (no `<|message|>`, text before any header) is emitted as content. Header words never
+are: a header cut short keeps its words (a channel name split across tokens, `comment`+`ary`, a `to=`
+recipient) out of the text, and a header after `<|end|>` without `<|start|>assistant` still opens an
+assistant message, recorded with the `<|start|>assistant` the model left out so its exact history
+renders well-formed. A tool call stays a tool call.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Iterable, Optional, Union
 
 from openai_harmony import Role, StreamableParser
 
-from .tokens import CALL, CHANNEL, CONSTRAIN, END, ENDOFTEXT, MESSAGE, RETURN, START, assistant_header
+from .tokens import CALL, CHANNEL, CONSTRAIN, END, ENDOFTEXT, MESSAGE, RETURN, START, VOCAB_SIZE, assistant_header
 from .vocab import encoding
 
 KNOWN_CHANNELS = ("analysis", "commentary", "final")
@@ -168,18 +172,55 @@ def own_header_reading(tokens: list[int], decode) -> Header:
     return Header(channel, recipient, content_type, looks)
 
 
+_CONTENT_TYPE_WORDS = ("json", "code")
+_RECIPIENT_CHARS = re.compile(r"^[\w.\-]*$")
+
+
+def _header_words_ok(segment: str, text: str, complete: bool) -> bool:
+    """Whether `text` (one header segment) consists of header words only.
+
+    Segments: `role` (before the first <|channel|>: `assistant`, `to=R`, a content type), `channel`
+    (a known channel name, then `to=R` or a content type), `constrain` (one content type word).
+    With `complete=False` the last word may still be growing (`comment` on its way to `commentary`).
+    """
+    words = text.split()
+    for i, w in enumerate(words):
+        last_open = not complete and i == len(words) - 1 and not text[-1:].isspace()
+        if w.startswith("to="):
+            ok = _RECIPIENT_CHARS.match(w[3:]) is not None
+        elif segment == "channel" and i == 0:
+            ok = w in KNOWN_CHANNELS or (last_open and any(c.startswith(w) for c in KNOWN_CHANNELS))
+        elif segment == "constrain":
+            ok = i == 0 and _RECIPIENT_CHARS.match(w) is not None
+        else:
+            options = _CONTENT_TYPE_WORDS + (("assistant",) if segment == "role" else ())
+            ok = w in options or (last_open and any(o.startswith(w) for o in options + ("to=",)))
+        if not ok:
+            return False
+    return True
+
+
+ROLE_NAMES = ("assistant", "user", "system", "developer")  # authors, never tools
+
+
 class RecipientPolicy:
-    """Validates recipients against the declared tools (None: accept any well-formed name)."""
+    """Validates recipients against the declared tools (None: accept any well-formed name).
+
+    A declared built-in namespace covers its calls: `browser` declares `browser.search`.
+    """
 
     def __init__(self, tools: Optional[Iterable[str]]):
         self.declared = None if tools is None else set(tools)
+
+    def declares(self, recipient: str) -> bool:
+        return self.declared is not None and self.resolve(recipient)[1]
 
     def resolve(self, recipient: Optional[str]) -> tuple[Optional[str], bool]:
         """(normalized recipient or None if it is not a recipient at all, known?)."""
         if not recipient:
             return None, False
         r = recipient.strip()
-        if "<|" in r or not r:
+        if "<|" in r or not r or r in ROLE_NAMES:
             return None, False
         for suffix in ("json", "code"):  # glued content type: functions.get_weatherjson
             if r.endswith(suffix) and self.declared is not None and r not in self.declared:
@@ -192,7 +233,7 @@ class RecipientPolicy:
             return None, False
         if self.declared is None:
             return r, True
-        if r in self.declared:
+        if r in self.declared or (r.split(".", 1)[0] in self.declared and "." not in r.split(".", 1)[0]):
             return r, True
         # unknown: a call to something undeclared if it has a namespace form; else a stray word
         return (r, False) if "." in r or r in ("python", "browser") else (None, False)
@@ -218,10 +259,12 @@ class StreamParser:
 
     @staticmethod
     def _is_control(t: int) -> bool:
-        return t >= FIRST_SPECIAL or t < 0
+        return FIRST_SPECIAL <= t < VOCAB_SIZE or t < 0
 
     def _token_bytes(self, t: int) -> bytes:
         b = self._bytes.get(t)
+        if b is None and t >= VOCAB_SIZE:
+            return REPLACEMENT  # an id outside the vocabulary: an invalid token, shown as openai-harmony shows it
         if b is None:
             try:
                 b = bytes(self.enc._inner.decode_bytes([t]))
@@ -275,6 +318,8 @@ class StreamParser:
                 ctype, recipient = recipient, own.recipient
             if own.channel and channel != own.channel:
                 channel = own.channel
+            if recipient and own.recipient is None and not self.policy.declares(recipient):
+                recipient = None  # no `to=`: the library made a stray header word (`final Hello`) a recipient
         recipient, known = self.policy.resolve(recipient)
         self.channel, self.recipient, self.content_type, self.known = channel, recipient, ctype, known
         self.kind = _kind(channel, recipient)
@@ -298,28 +343,43 @@ class StreamParser:
         toks, self.pending_tokens = tuple(self.pending_tokens), []
         return [self._delta(text, toks)]
 
-    def _header_as_content(self, own: Header) -> list[Event]:
-        """Emit a header's text as content (for text that never got a real header).
+    def _header_length(self) -> int:
+        """How many leading header tokens are header words; the rest is text that lacked <|message|>.
 
-        When the header is recognisable (e.g. `assistant<|channel|>final hello` cut before
-        <|message|>), its role and channel words stay header; the remaining words are content.
+        Works on bytes across token boundaries: a channel name the tokenizer splits
+        (`comment` + `ary`) is one header word, and the whitespace after the header is header too.
         """
-        events: list[Event] = []
-        begin = MessageBegin(self.channel, self.recipient, self.content_type, ())
-        events.append(begin)
-        in_role, channel_word_pending, content_started = True, False, False
-        for t in self.header_tokens:
-            if t == CHANNEL:
-                in_role, channel_word_pending = False, True
+        segment, text, best = "role", b"", 0
+        for k, t in enumerate(self.header_tokens):
+            if t in (CHANNEL, CONSTRAIN):
+                if not _header_words_ok(segment, text.decode("utf-8", "replace"), complete=True):
+                    return best
+                segment, text = ("channel" if t == CHANNEL else "constrain"), b""
+                best = k + 1
                 continue
             if self._is_control(t):
                 continue
-            if own.valid and not content_started and (in_role or channel_word_pending):
-                begin.tokens += (t,)
-                channel_word_pending = False
-                continue
-            content_started = True
-            events += self._content_token(t)
+            text += self._token_bytes(t)
+            decoded = text.decode("utf-8", "replace")
+            if _header_words_ok(segment, decoded, complete=True):
+                best = k + 1
+            elif not _header_words_ok(segment, decoded, complete=False):
+                return best
+        return best
+
+    def _header_as_content(self, n: int) -> list[Event]:
+        """Emit a header's text as content (for text that never got a real header).
+
+        The first `n` header tokens are header words (`<|channel|>commentary Hello` cut before
+        <|message|>: the channel name, even when split across tokens); the rest is content.
+        """
+        header_text = tuple(t for t in self.header_tokens[:n] if not self._is_control(t))
+        events: list[Event] = [MessageBegin(self.channel, self.recipient, self.content_type, header_text)]
+        if self.kind == "tool":
+            events.append(ToolCallBegin(self.recipient, self.channel, self.content_type, self.known))
+        for t in self.header_tokens[n:]:
+            if not self._is_control(t):
+                events += self._content_token(t)
         return events
 
     def _begin_content(self) -> list[Event]:
@@ -328,7 +388,7 @@ class StreamParser:
         if not own.valid:
             self.channel = self.recipient = self.content_type = None
             self.kind, self.known = "text", False
-            return self._header_as_content(own)
+            return self._header_as_content(0)
         self._interpret_header(own)
         header_text = tuple(t for t in self.header_tokens if not self._is_control(t))
         events: list[Event] = [MessageBegin(self.channel, self.recipient, self.content_type, header_text)]
@@ -343,10 +403,14 @@ class StreamParser:
                 return events  # a bare stop token: no message to close
             # header never reached <|message|> (the library drops such messages): salvage it
             own = own_header_reading(self.header_tokens, self._decode)
-            channel = own.channel if own.valid and own.channel in KNOWN_CHANNELS else None
-            self.channel, self.recipient, self.content_type, self.known = channel, None, None, False
-            self.kind = _kind(channel, None)
-            events += self._header_as_content(own)
+            n = self._header_length() if own.valid else 0
+            head = own_header_reading(self.header_tokens[:n], self._decode)  # the header words only
+            channel = head.channel if head.channel in KNOWN_CHANNELS else None
+            recipient, known = self.policy.resolve(head.recipient)
+            ctype = head.content_type if recipient is not None else None
+            self.channel, self.recipient, self.content_type, self.known = channel, recipient, ctype, known
+            self.kind = _kind(channel, recipient)
+            events += self._header_as_content(n)
         events += self._flush()
         text = "".join(self.text_parts)
         if self.kind == "tool" and self.recipient is not None:
@@ -376,16 +440,18 @@ class StreamParser:
                 return []
             if t == ENDOFTEXT and not self._done_emitted:
                 return [self._done("stop")]
-            if self._is_control(t):
+            if self._is_control(t) and t not in (CHANNEL, MESSAGE):
                 return []  # stray control token between messages
-            # text after a closed message without <|start|>: an implicit message, header unknown
-            self._reset_message(first=False)
+            # a header or text after a closed message without <|start|>assistant (vLLM's "unexpected
+            # token"): an implicit assistant message. It is recorded with the <|start|>assistant the
+            # model left out, so its exact history renders as a well-formed message.
+            self._reset_message(first=True)
             self.state, self._done_emitted = "header", False
         self.message_tokens.append(t)
         if t in _STOPS:
             stop = _STOPS[t]
-            is_call = self.state == "content" and self.kind == "tool"
             events = self._end_message(stop)
+            is_call = self.kind == "tool" and self.recipient is not None
             self.state = "between"
             if t in (RETURN, ENDOFTEXT):
                 events.append(self._done("stop"))
@@ -424,6 +490,7 @@ class StreamParser:
 
 
 FIRST_SPECIAL = 199998  # o200k_harmony: every id from here on is a control/reserved token
+REPLACEMENT = "\ufffd".encode()
 _STOPS = {END: "end", RETURN: "return", CALL: "call", ENDOFTEXT: "truncated"}
 _DELTAS = {"reasoning": ReasoningDelta, "text": TextDelta, "preamble": PreambleDelta, "tool": ToolCallDelta}
 

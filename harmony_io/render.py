@@ -44,6 +44,7 @@ EFFORTS = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high":
 REASONING_EFFORTS = tuple(EFFORTS)  # what the system message can say
 EFFORT_ALIASES = {"minimal": "low"}  # OpenAI's API value gpt-oss has no level for
 BUILTIN_TOOLS = ("python", "browser")
+CHANNELS = ("analysis", "commentary", "final")
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 JSON_CONTENT_TYPE = "<|constrain|>json"
 
@@ -52,7 +53,7 @@ JSON_CONTENT_TYPE = "<|constrain|>json"
 class FunctionTool:
     name: str
     description: str
-    parameters: dict
+    parameters: Optional[dict]  # None: no parameters, rendered `() => any` as openai-harmony does
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,17 @@ def reasoning_effort(value: Optional[str], default: str = "medium") -> str:
     return value
 
 
+def is_builtin(name: str, builtin: Iterable[str] = ()) -> bool:
+    """Whether `name` addresses a built-in tool: `python`, or any call in a built-in's namespace
+    (`browser.search`, `browser.open` when `browser` is declared)."""
+    declared = set(builtin)
+    return name in declared or name.split(".", 1)[0] in declared
+
+
 def function_recipient(name: str, builtin: Iterable[str] = ()) -> str:
-    """How the model addresses a tool: built-ins by name, function tools in the `functions.` namespace."""
-    return name if name in set(builtin) else f"functions.{name}"
+    """How the model addresses a tool: built-ins by their own name (`python`, `browser.search`),
+    function tools in the `functions.` namespace."""
+    return name if is_builtin(name, builtin) else f"functions.{name}"
 
 
 def forced_function_call(name: str) -> list[int]:
@@ -121,11 +130,23 @@ def parse_tools(tools: Optional[Sequence[dict]]) -> list[FunctionTool]:
         if not isinstance(desc, str):
             raise HarmonyIOError(f"tools[{i}]: description must be a string")
         try:
-            params = flatten_schema(spec.get("parameters"))
+            params = _parameters(spec.get("parameters"))
         except HarmonyIOError as e:
             raise HarmonyIOError(f"tools[{i}] ({name}): {e}") from None
         out.append(FunctionTool(name, desc, params))
     return out
+
+
+def _parameters(schema: Any) -> Optional[dict]:
+    """The flattened schema, or None for a function without parameters.
+
+    OpenAI documents an omitted `parameters` as an empty parameter list; openai-harmony renders
+    that as `() => any`. An empty schema (`{}`, which the Responses API makes clients send when
+    there are no parameters) says nothing more, so it means the same.
+    """
+    if schema is None or (isinstance(schema, dict) and not schema):
+        return None
+    return flatten_schema(schema)
 
 
 def _text(content: Any, where: str) -> str:
@@ -204,24 +225,38 @@ def _assistant_items(msg: dict, where: str, builtin: set[str]) -> list[Item]:
                 args = json.dumps(args)
             recipient = function_recipient(fn["name"], builtin)
             m = Message.from_role_and_content(Role.ASSISTANT, args).with_recipient(recipient)
+            m = m.with_channel(_call_channel(call, recipient))
             if recipient.startswith("functions."):
-                m = m.with_channel("commentary").with_content_type(JSON_CONTENT_TYPE)
-            else:
-                m = m.with_channel("analysis").with_content_type("code")
+                m = m.with_content_type(JSON_CONTENT_TYPE)
+            elif recipient == "python":
+                m = m.with_content_type("code")  # the python tool's calls are code; browser.* calls are JSON
             items.append(m)
     elif content or not reasoning:
         items.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel("final"))
     return items
 
 
-def _calls_by_id(messages: Sequence[dict]) -> dict[str, tuple[str, str]]:
-    """tool_call_id -> (tool name, channel of the call), from earlier assistant messages."""
+def _call_channel(call: dict, recipient: str) -> str:
+    """The channel a call was (or is re-rendered) on: the one the parser recorded, else the
+    canonical one: function calls on `commentary`, built-in tool calls on `analysis` (format.md)."""
+    channel = call.get("channel") if isinstance(call, dict) else None
+    if channel in CHANNELS:
+        return channel
+    return "commentary" if recipient.startswith("functions.") else "analysis"
+
+
+def _calls_by_id(messages: Sequence[dict], builtin: set[str]) -> dict[str, tuple[str, str]]:
+    """tool_call_id -> (tool name, channel of the call), from earlier assistant messages.
+
+    A tool answers on the channel it was called on, so the result renders there too.
+    """
     out: dict[str, tuple[str, str]] = {}
     for msg in messages:
         if isinstance(msg, dict) and msg.get("role") == "assistant":
             for call in msg.get("tool_calls") or []:
                 if isinstance(call, dict) and isinstance(call.get("function"), dict) and call.get("id"):
-                    out[call["id"]] = (call["function"].get("name", ""), call.get("channel", "commentary"))
+                    name = call["function"].get("name", "")
+                    out[call["id"]] = (name, _call_channel(call, function_recipient(str(name), builtin)))
     return out
 
 
@@ -250,7 +285,7 @@ def build_items(
     builtin = set(builtin_tools)
     instructions: list[str] = []
     items: list[tuple[str, Item]] = []
-    calls = _calls_by_id(messages)
+    calls = _calls_by_id(messages, builtin)
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -265,15 +300,17 @@ def build_items(
         elif role == "assistant":
             items += [("assistant", it) for it in _assistant_items(msg, where, builtin)]
         elif role == "tool":
-            name, channel = msg.get("name"), "commentary"
+            name, channel = msg.get("name"), None
             call_id = msg.get("tool_call_id")
             if call_id is not None and call_id in calls:
                 name, channel = calls[call_id][0] or name, calls[call_id][1]
             if not isinstance(name, str) or not name:
                 raise HarmonyIOError(f"{where}: tool message needs a 'name' or a 'tool_call_id' of an earlier call")
             author = function_recipient(name, builtin)
-            if author in builtin:
-                channel = msg.get("channel", "analysis")
+            if msg.get("channel") in CHANNELS:
+                channel = msg["channel"]
+            elif channel is None:
+                channel = "commentary" if author.startswith("functions.") else "analysis"
             m = (Message.from_author_and_content(Author.new(Role.TOOL, author), _text(msg.get("content"), where))
                  .with_channel(channel).with_recipient("assistant"))
             items.append(("tool", m))

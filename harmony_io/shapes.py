@@ -97,11 +97,22 @@ class AssistantTurn:
         return self.content or self.preamble
 
 
+def output_text_part(text: str) -> dict[str, Any]:
+    """A Responses `output_text` content part, with the fields OpenAI always sends."""
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
 def chat_message(turn: AssistantTurn) -> dict[str, Any]:
-    """A Chat Completions assistant message (`reasoning_content` as vLLM/DeepSeek-style extension)."""
-    msg: dict[str, Any] = {"role": "assistant", "content": turn.visible_text or None}
+    """A Chat Completions assistant message.
+
+    The reasoning goes in `reasoning`, what OpenAI's guidance for gpt-oss providers and the gpt-oss
+    compatibility tests read, and also in `reasoning_content` (vLLM/DeepSeek-style) for clients
+    that read that. Neither is in OpenAI's own schema.
+    """
+    msg: dict[str, Any] = {"role": "assistant", "content": turn.visible_text or None, "refusal": None,
+                           "annotations": []}
     if turn.reasoning:
-        msg["reasoning_content"] = turn.reasoning
+        msg["reasoning"] = msg["reasoning_content"] = turn.reasoning
     if turn.tool_calls:
         msg["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -111,14 +122,18 @@ def chat_message(turn: AssistantTurn) -> dict[str, Any]:
 
 
 def responses_items(turn: AssistantTurn, id_factory: Callable[[str], str] = new_id) -> list[dict[str, Any]]:
-    """Responses API output items: reasoning, message, function_call (in generation order)."""
+    """A turn summarized as Responses output items: reasoning, the visible text, function calls.
+
+    The server returns `ResponsesStreamMapper.items` instead (streamed or not): one item per harmony
+    message, in generation order, with the ids the turn minted.
+    """
     items: list[dict[str, Any]] = []
     if turn.reasoning:
         items.append({"type": "reasoning", "id": id_factory("rs"), "summary": [],
                       "content": [{"type": "reasoning_text", "text": turn.reasoning}]})
     if turn.visible_text:
         items.append({"type": "message", "id": id_factory("msg"), "role": "assistant", "status": "completed",
-                      "content": [{"type": "output_text", "text": turn.visible_text, "annotations": []}]})
+                      "content": [output_text_part(turn.visible_text)]})
     for c in turn.tool_calls:
         items.append({"type": "function_call", "id": id_factory("fc"), "call_id": c.id, "name": c.name,
                       "arguments": c.arguments, "status": "completed" if c.complete else "incomplete"})
@@ -135,7 +150,7 @@ class ChatStreamMapper:
     def __call__(self, event: Event) -> list[dict[str, Any]]:
         self.turn.add(event)
         if isinstance(event, ReasoningDelta):
-            return [{"reasoning_content": event.text}]
+            return [{"reasoning": event.text, "reasoning_content": event.text}]
         if isinstance(event, (TextDelta, PreambleDelta)):
             return [{"content": event.text}]
         if isinstance(event, ToolCallBegin):
@@ -164,7 +179,12 @@ class ResponsesStreamMapper:
         self._open: Optional[dict[str, Any]] = None  # the item being streamed
         self._text = ""
 
-    def _close(self) -> list[dict[str, Any]]:
+    def close(self) -> list[dict[str, Any]]:
+        """The done events of an item left open (the server cut the text at a stop string)."""
+        return self._close(complete=True)
+
+    def _close(self, complete: bool) -> list[dict[str, Any]]:
+        """Finish the open item; `complete=False` when its message was cut short (a token limit)."""
         item, self._open = self._open, None
         if item is None:
             return []
@@ -173,11 +193,11 @@ class ResponsesStreamMapper:
         if item["type"] == "message":
             out.append({"type": "response.output_text.done", "item_id": item["id"], "output_index": idx,
                         "content_index": 0, "text": self._text, "logprobs": []})
-            part = {"type": "output_text", "text": self._text, "annotations": []}
+            part = output_text_part(self._text)
             out.append({"type": "response.content_part.done", "item_id": item["id"], "output_index": idx,
                         "content_index": 0, "part": part})
             item["content"] = [part]
-            item["status"] = "completed"
+            item["status"] = "completed" if complete else "incomplete"
         elif item["type"] == "reasoning":
             out.append({"type": "response.reasoning_text.done", "item_id": item["id"], "output_index": idx,
                         "content_index": 0, "text": self._text})
@@ -186,20 +206,20 @@ class ResponsesStreamMapper:
             out.append({"type": "response.function_call_arguments.done", "item_id": item["id"],
                         "output_index": idx, "arguments": self._text})
             item["arguments"] = self._text
-            item["status"] = "completed"
+            item["status"] = "completed" if complete else "incomplete"
         out.append({"type": "response.output_item.done", "output_index": idx, "item": dict(item)})
         self._text = ""
         return out
 
     def _open_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        out = self._close()
+        out = self._close(complete=True)
         self.items.append(item)
         self._open = item
         idx = len(self.items) - 1
         out.append({"type": "response.output_item.added", "output_index": idx, "item": dict(item)})
         if item["type"] == "message":
             out.append({"type": "response.content_part.added", "item_id": item["id"], "output_index": idx,
-                        "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})
+                        "content_index": 0, "part": output_text_part("")})
         return out
 
     def __call__(self, event: Event) -> list[dict[str, Any]]:
@@ -227,6 +247,8 @@ class ResponsesStreamMapper:
             self._text += event.text
             out.append({"type": "response.function_call_arguments.delta", "item_id": self._open["id"],
                         "output_index": len(self.items) - 1, "delta": event.text})
-        elif isinstance(event, (MessageEnd, Done)):
-            out += self._close()
+        elif isinstance(event, MessageEnd):
+            out += self._close(complete=event.stop != "truncated")
+        elif isinstance(event, Done):
+            out += self._close(complete=event.reason != "length")
         return out

@@ -61,6 +61,11 @@ class ResponsesRequest(_Lenient):
     metadata: Optional[dict[str, Any]] = None
     parallel_tool_calls: Optional[bool] = None
     text: Optional[dict[str, Any]] = None
+    # accepted and echoed in the response object, as OpenAI does; they change nothing here
+    max_tool_calls: Optional[int] = Field(default=None, ge=1)
+    user: Optional[str] = None
+    prompt_cache_key: Optional[str] = None
+    safety_identifier: Optional[str] = None
 
 
 ToolChoice = Union[Literal["auto", "none", "required"], dict[str, Any], None]

@@ -10,12 +10,11 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Optional, Protocol
 
 from gptoss_metal.harmony_io import (
     AssistantTurn,
     ChatStreamMapper,
-    Done,
     Event,
     ExactHistoryMemory,
     HarmonyIOError,
@@ -29,7 +28,6 @@ from gptoss_metal.harmony_io import (
     reasoning_effort,
     render,
     responses_input_messages,
-    responses_items,
     today,
 )
 from gptoss_metal.harmony_io.shapes import new_id
@@ -40,6 +38,15 @@ from gptoss_metal.assistant import Engine, TurnStats
 from .scheduler import END, Job, QueueFull, Scheduler
 
 DEFAULT_MAX_TOKENS = 4096
+SERVICE_TIER = "default"  # what OpenAI reports for a request processed at the standard tier
+
+
+class EventMapper(Protocol):
+    """Maps parser events to an API's stream shapes, accumulating them in its turn."""
+
+    turn: AssistantTurn
+
+    def __call__(self, event: Event) -> list: ...
 DISCONNECT_POLL_S = 0.25
 
 
@@ -222,16 +229,22 @@ class OpenAIService:
         return "length" if stats.finish_reason == "length" else "stop"
 
     async def run(self, gen: Generation, job: Job, is_disconnected: Callable[[], Any],
-                  on_event: Optional[Callable[[Event], list]] = None) -> AsyncIterator[Any]:
-        """Follow a submitted generation, yielding what `on_event(event)` maps each event to; ends with an Outcome."""
-        turn = AssistantTurn()
+                  mapper: Optional[EventMapper] = None) -> AsyncIterator[Any]:
+        """Follow a submitted generation, yielding what `mapper` maps each event to; ends with an Outcome.
+
+        One turn per generation: the mapper's turn (which mints the tool call ids the client sees) is
+        the Outcome's, so the ids streamed, returned, stored and remembered are the same.
+        """
+        turn = mapper.turn if mapper is not None else AssistantTurn()
         watcher = StopWatcher(gen.stop)
         stats = TurnStats()
         reasoning_tokens = 0
 
         def emit(ev: Event) -> list:
-            turn.add(ev)
-            return on_event(ev) if on_event is not None else []
+            if mapper is None:
+                turn.add(ev)
+                return []
+            return mapper(ev)  # adds ev to mapper.turn
 
         events = self.events(job, is_disconnected)
         try:
@@ -297,21 +310,22 @@ class OpenAIService:
                             max_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature,
                             top_p=req.top_p, seed=req.seed, stop=req.stop)
 
-    async def complete(self, gen: Generation, is_disconnected) -> Outcome:
+    async def complete(self, gen: Generation, is_disconnected, mapper: Optional[EventMapper] = None) -> Outcome:
         """Run a generation to its end (non-streaming requests)."""
         outcome = None
-        async for item in self.run(gen, self.submit(gen), is_disconnected):
+        async for item in self.run(gen, self.submit(gen), is_disconnected, mapper):
             if isinstance(item, Outcome):
                 outcome = item
         assert outcome is not None, "run() always ends with an Outcome"
         return outcome
 
     async def chat(self, req: ChatCompletionRequest, is_disconnected) -> dict[str, Any]:
+        created = int(time.time())
         outcome = await self.complete(self.chat_generation(req), is_disconnected)
         msg = chat_message(outcome.turn)
         return {
-            "id": "chatcmpl-" + new_id("x")[2:], "object": "chat.completion", "created": int(time.time()),
-            "model": req.model, "system_fingerprint": None,
+            "id": "chatcmpl-" + new_id("x")[2:], "object": "chat.completion", "created": created,
+            "model": req.model, "service_tier": SERVICE_TIER, "system_fingerprint": None,
             "choices": [{"index": 0, "message": msg, "finish_reason": outcome.finish_reason, "logprobs": None}],
             "usage": self.usage_chat(outcome),
         }
@@ -323,7 +337,7 @@ class OpenAIService:
 
         def chunk(delta: dict[str, Any], finish: Optional[str] = None) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                    "system_fingerprint": None,
+                    "service_tier": SERVICE_TIER, "system_fingerprint": None,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
             return f"data: {json.dumps(body)}\n\n"
 
@@ -334,7 +348,8 @@ class OpenAIService:
                 yield chunk({}, item.finish_reason)
                 if include_usage:
                     body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                            "choices": [], "usage": self.usage_chat(item)}
+                            "service_tier": SERVICE_TIER, "system_fingerprint": None, "choices": [],
+                            "usage": self.usage_chat(item)}
                     yield f"data: {json.dumps(body)}\n\n"
             else:
                 yield chunk(item)
@@ -366,8 +381,10 @@ class OpenAIService:
                             max_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p,
                             seed=req.seed)
 
-    def _response_object(self, rid: str, req: ResponsesRequest, status: str, output: list[dict[str, Any]],
-                         outcome: Optional[Outcome]) -> dict[str, Any]:
+    def _response_object(self, rid: str, created_at: int, req: ResponsesRequest, gen: Generation, status: str,
+                         output: list[dict[str, Any]], outcome: Optional[Outcome]) -> dict[str, Any]:
+        """A Responses `response` object: the fields OpenAI's own objects carry, echoing the request's
+        settings as they took effect (sampling defaults included)."""
         incomplete = None
         if outcome is not None and outcome.finish_reason == "length":
             status, incomplete = "incomplete", {"reason": "max_output_tokens"}
@@ -376,16 +393,22 @@ class OpenAIService:
             s = outcome.stats
             usage = {"input_tokens": s.prompt_tokens, "output_tokens": s.generated_tokens,
                      "total_tokens": s.prompt_tokens + s.generated_tokens,
-                     "input_tokens_details": {"cached_tokens": s.reused_tokens},
+                     "input_tokens_details": {"cached_tokens": s.reused_tokens, "cache_write_tokens": 0},
                      "output_tokens_details": {"reasoning_tokens": outcome.reasoning_tokens}}
+        reasoning = req.reasoning or {}
         return {
-            "id": rid, "object": "response", "created_at": time.time(), "status": status, "model": req.model,
-            "output": output, "usage": usage, "incomplete_details": incomplete, "error": None,
-            "instructions": req.instructions, "previous_response_id": req.previous_response_id,
-            "tools": req.tools or [], "tool_choice": req.tool_choice or "auto", "parallel_tool_calls": False,
-            "reasoning": {"effort": (req.reasoning or {}).get("effort", "medium"), "summary": None},
-            "temperature": req.temperature, "top_p": req.top_p, "max_output_tokens": req.max_output_tokens,
-            "text": {"format": {"type": "text"}}, "truncation": "disabled", "metadata": req.metadata or {},
+            "id": rid, "object": "response", "created_at": created_at, "status": status, "background": False,
+            "error": None, "incomplete_details": incomplete, "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens, "max_tool_calls": req.max_tool_calls,
+            "model": req.model, "output": output,
+            "parallel_tool_calls": req.parallel_tool_calls if req.parallel_tool_calls is not None else True,
+            "previous_response_id": req.previous_response_id,
+            "prompt_cache_key": req.prompt_cache_key, "safety_identifier": req.safety_identifier,
+            "reasoning": {"effort": reasoning.get("effort", "medium"), "summary": reasoning.get("summary")},
+            "service_tier": SERVICE_TIER, "store": req.store is not False, "temperature": gen.temperature,
+            "text": {"format": {"type": "text"}}, "tool_choice": req.tool_choice or "auto", "tools": req.tools or [],
+            "top_logprobs": 0, "top_p": gen.top_p, "truncation": "disabled", "usage": usage,
+            "user": req.user, "metadata": req.metadata or {},
         }
 
     def _store(self, rid: str, gen: Generation, outcome: Outcome) -> None:
@@ -393,15 +416,17 @@ class OpenAIService:
         self.responses.put(rid, conv)
 
     async def respond(self, req: ResponsesRequest, is_disconnected) -> dict[str, Any]:
+        rid, created_at = new_id("resp"), int(time.time())
         gen = self.responses_generation(req)
-        outcome = await self.complete(gen, is_disconnected)
-        rid = new_id("resp")
+        mapper = ResponsesStreamMapper()  # the same items as a stream would show
+        outcome = await self.complete(gen, is_disconnected, mapper)
+        mapper.close()
         self._store(rid, gen, outcome)
-        return self._response_object(rid, req, "completed", responses_items(outcome.turn), outcome)
+        return self._response_object(rid, created_at, req, gen, "completed", mapper.items, outcome)
 
     async def respond_stream(self, req: ResponsesRequest, gen: Generation, job: Job,
                              is_disconnected) -> AsyncIterator[str]:
-        rid = new_id("resp")
+        rid, created_at = new_id("resp"), int(time.time())
         seq = 0
 
         def sse(event: dict[str, Any]) -> str:
@@ -410,19 +435,22 @@ class OpenAIService:
             seq += 1
             return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
 
+        def snapshot(status: str, output: list[dict[str, Any]], outcome: Optional[Outcome]) -> dict[str, Any]:
+            return self._response_object(rid, created_at, req, gen, status, output, outcome)
+
         mapper = ResponsesStreamMapper()
-        yield sse({"type": "response.created", "response": self._response_object(rid, req, "in_progress", [], None)})
-        yield sse({"type": "response.in_progress", "response": self._response_object(rid, req, "in_progress", [], None)})
+        yield sse({"type": "response.created", "response": snapshot("in_progress", [], None)})
+        yield sse({"type": "response.in_progress", "response": snapshot("in_progress", [], None)})
         outcome = None
         async for item in self.run(gen, job, is_disconnected, mapper):
             if isinstance(item, Outcome):
                 outcome = item
             else:
                 yield sse(item)
-        for tail in mapper(Done("stop")):  # close an item left open by a stop-string cut
+        for tail in mapper.close():  # an item left open by a stop-string cut
             yield sse(tail)
         assert outcome is not None
         self._store(rid, gen, outcome)
-        final = self._response_object(rid, req, "completed", mapper.items, outcome)
+        final = snapshot("completed", mapper.items, outcome)
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
         yield sse({"type": kind, "response": final})

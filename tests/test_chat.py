@@ -119,6 +119,16 @@ def test_unknown_tools_and_bad_arguments_become_tool_errors_and_the_loop_continu
     assert s.messages[-1]["content"] == "Sorry."
 
 
+def test_a_function_registered_without_parameters_renders_an_empty_parameter_list():
+    s, _ = session_with([CALL.replace("get_weather", "now").format("{}"), FINAL.format("Noon.")])
+    s.register_function(lambda: "12:00", name="now", description="The time.")
+    assert "parameters" not in s.functions.tools["now"].openai_spec()["function"]
+    assert "type now = () => any;" in encoding().decode(s.prompt_tokens())
+    events = list(s.send("Time?"))
+    assert [e.output for e in events if isinstance(e, ToolResult)] == ["12:00"]
+    assert s.messages[-1]["content"] == "Noon."
+
+
 def test_step_limit_stops_a_runaway_tool_loop():
     s, _ = session_with([CALL.format('{"city": "X"}')] * 5, max_tool_steps=2)
     events = list(s.send("loop"))

@@ -33,7 +33,8 @@ def test_chat_message_for_a_tool_call_turn():
     turn = AssistantTurn(id_factory=ids()).extend(events_of(TOOL_TURN))
     msg = chat_message(turn)
     assert msg == {
-        "role": "assistant", "content": "Checking.", "reasoning_content": "Need weather.",
+        "role": "assistant", "content": "Checking.", "refusal": None, "annotations": [],
+        "reasoning": "Need weather.", "reasoning_content": "Need weather.",
         "tool_calls": [{"id": "call_0", "type": "function",
                         "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}],
     }
@@ -45,11 +46,12 @@ def test_chat_message_for_a_tool_call_turn():
 
 def test_chat_message_for_a_final_turn_and_responses_items():
     turn = AssistantTurn(id_factory=ids()).extend(events_of(FINAL_TURN))
-    assert chat_message(turn) == {"role": "assistant", "content": "It is 4.", "reasoning_content": "Easy."}
+    assert chat_message(turn) == {"role": "assistant", "content": "It is 4.", "refusal": None, "annotations": [],
+                                  "reasoning": "Easy.", "reasoning_content": "Easy."}
     assert turn.finish_reason == "stop"
     items = responses_items(turn, ids())
     assert [i["type"] for i in items] == ["reasoning", "message"]
-    assert items[1]["content"][0] == {"type": "output_text", "text": "It is 4.", "annotations": []}
+    assert items[1]["content"][0] == {"type": "output_text", "text": "It is 4.", "annotations": [], "logprobs": []}
     tool_items = responses_items(AssistantTurn(id_factory=ids()).extend(events_of(TOOL_TURN)), ids())
     fc = tool_items[-1]
     assert fc["type"] == "function_call" and fc["name"] == "get_weather" and fc["call_id"] == "call_0"
@@ -59,7 +61,8 @@ def test_chat_message_for_a_final_turn_and_responses_items():
 def test_chat_stream_deltas_reassemble_the_message():
     m = ChatStreamMapper(AssistantTurn(id_factory=ids()))
     deltas = [d for e in events_of(TOOL_TURN) for d in m(e)]
-    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Need weather."
+    assert "".join(d.get("reasoning", "") for d in deltas) == "Need weather."
+    assert all(d.get("reasoning") == d.get("reasoning_content") for d in deltas)
     assert "".join(d.get("content", "") for d in deltas) == "Checking."
     calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
     assert calls[0]["id"] == "call_0" and calls[0]["function"]["name"] == "get_weather"

@@ -195,6 +195,7 @@ def test_chat_tool_call_round_trip_with_scripted_model(scripted):
     assert choice.finish_reason == "tool_calls"
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}
+    assert choice.message.model_extra.get("reasoning") == "Need weather."
     assert choice.message.model_extra.get("reasoning_content") == "Need weather."
     model.add_reply(E("<|channel|>final<|message|>It is 21 C in Oslo.<|return|>"))
     msgs += [choice.message.model_dump(exclude_none=True),
@@ -267,3 +268,27 @@ def test_responses_streaming_function_call_events(scripted):
         assert t in types
     done = [e for e in events if e.type == "response.function_call_arguments.done"][0]
     assert done.arguments == '{"city": "Kyiv"}'
+
+
+def test_streamed_function_call_answered_with_previous_response_id(scripted):
+    """The call ids a stream shows are the ids the server stores: answering the streamed call by
+    `previous_response_id` + `function_call_output` continues the conversation (it was a 400)."""
+    client, model, service = scripted
+    model.add_reply(E('<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary '
+                      'to=functions.get_weather <|constrain|>json<|message|>{"city": "Lima"}<|call|>'))
+    events = list(client.responses.create(model="scripted", input="Weather in Lima?", tools=[RESP_WEATHER],
+                                          stream=True))
+    streamed = [e.item for e in events if e.type == "response.output_item.done" and e.item.type == "function_call"]
+    final = events[-1].response
+    assert [i.call_id for i in streamed] == [o.call_id for o in final.output if o.type == "function_call"]
+    stored = service.responses[final.id][-1]
+    assert [c["id"] for c in stored["tool_calls"]] == [streamed[0].call_id]
+    model.add_reply(E("<|channel|>final<|message|>Lima: 19 C.<|return|>"))
+    events = list(client.responses.create(
+        model="scripted", previous_response_id=final.id, tools=[RESP_WEATHER], stream=True,
+        input=[{"type": "function_call_output", "call_id": streamed[0].call_id, "output": '{"temp_c": 19}'}]))
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == "Lima: 19 C."
+    # only the tool result and the header were new: the stored turn carried the model's own tokens
+    new = render_tool_result("get_weather", '{"temp_c": 19}') + assistant_header()
+    usage = events[-1].response.usage
+    assert usage.input_tokens - usage.input_tokens_details.cached_tokens == len(new)

@@ -14,12 +14,14 @@ from gptoss_metal.harmony_io import HarmonyIOError, parse_tools
 class FunctionTool:
     name: str
     description: str
-    parameters: dict
+    parameters: Optional[dict]  # None: the function takes no arguments (rendered `() => any`)
     fn: Callable[..., Any]
 
     def openai_spec(self) -> dict:
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": self.parameters}}
+        spec: dict[str, Any] = {"name": self.name, "description": self.description}
+        if self.parameters is not None:
+            spec["parameters"] = self.parameters
+        return {"type": "function", "function": spec}
 
 
 class FunctionRegistry:
@@ -32,7 +34,7 @@ class FunctionRegistry:
         tool = FunctionTool(
             name=name or fn.__name__,
             description=description if description is not None else (inspect.getdoc(fn) or ""),
-            parameters=parameters or {"type": "object", "properties": {}},
+            parameters=parameters,
             fn=fn,
         )
         parse_tools([tool.openai_spec()])  # validates name and schema
