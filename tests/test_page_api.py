@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,7 +13,7 @@ from doubles import ScriptedModel
 from gptoss_metal.assistant import Engine
 from gptoss_metal.harmony_io import encoding
 from gptoss_metal.server.assembly import assemble
-from serving import free_port, live_server
+from serving import gptoss_serve, live_server
 
 ANALYSIS = "<|channel|>analysis<|message|>{}<|end|><|start|>assistant"
 FINAL = "<|channel|>final<|message|>{}<|return|>"
@@ -170,37 +166,8 @@ def test_hardening_headers(tmp_path):
 # -- the real CLI on a real checkpoint -------------------------------------------------------------
 
 
-def gptoss(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from gptoss_metal.cli.main import main; main()", *args]
-
-
-@contextmanager
-def cli_server(model: Path, data_dir: Path, *extra: str, env: dict | None = None):
-    port = free_port()
-    proc = subprocess.Popen(gptoss(*extra, str(model), "--port", str(port), "--data-dir", str(data_dir),
-                                   "--max-tokens", "8"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"gptoss did not start: {proc.stdout.read() if proc.poll() is not None else ''}")
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def test_gptoss_serve_serves_page_and_api_and_refuses_forged_host(tiny_runtime, tmp_path):
-    with cli_server(tiny_runtime, tmp_path / "data", "serve") as (url, _):
+    with gptoss_serve(tiny_runtime, tmp_path / "data", "--max-tokens", "8") as url:
         assert "<title>gpt-oss</title>" in httpx.get(url + "/").text
         assert httpx.get(url + "/", headers={"Host": "attacker.example"}).status_code == 403
         cid = httpx.post(url + "/ui/api/conversations", json={}).json()["id"]
@@ -215,7 +182,7 @@ def test_gptoss_app_opens_the_page_in_the_browser(tiny_runtime, tmp_path):
     browser = tmp_path / "fake-browser"
     browser.write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
     browser.chmod(0o755)
-    with cli_server(tiny_runtime, tmp_path / "data", "app", env={"BROWSER": str(browser)}) as (url, _):
+    with gptoss_serve(tiny_runtime, tmp_path / "data", command="app", env={"BROWSER": str(browser)}) as url:
         deadline = time.time() + 20
         while not opened.exists() and time.time() < deadline:
             time.sleep(0.1)

@@ -243,7 +243,6 @@ async function runTurn(body, userText) {
     }
   } finally {
     state.turn = null;
-    setBusy(false);
   }
   // read back what the server stored (the source of truth), keeping the live view on failure
   try {
@@ -262,6 +261,8 @@ async function runTurn(body, userText) {
   } catch (_) {
     live.finish();
     conv.messages = before; // the server is gone: show what we had, re-read when it is back
+  } finally {
+    setBusy(false); // only now: the page shows what the server stored
   }
 }
 
