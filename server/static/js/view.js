@@ -228,7 +228,7 @@ export class AssistantView {
         this.setStatus(ev.queued > 0 ? `Waiting for the model (${ev.queued} ahead)…` : "Thinking…", true);
         break;
       case "reasoning":
-        this.setStatus("Thinking…", true);
+        this.setStatus(""); // the open block says "Thinking…"
         this.text("reasoning", ev.text);
         break;
       case "preamble":
