@@ -187,3 +187,26 @@ def test_gptoss_app_opens_the_page_in_the_browser(tiny_runtime, tmp_path):
         while not opened.exists() and time.time() < deadline:
             time.sleep(0.1)
         assert opened.read_text().strip() == url + "/"
+
+
+def test_context_full_and_model_busy_are_reported(tmp_path):
+    reply = FINAL.format(" ".join(str(i) for i in range(400)))
+    with page_server(tmp_path, [reply], delay_s=0.01, max_queue=1) as (url, srv, model):
+        a, b, c = (httpx.post(url + "/ui/api/conversations", json={}).json()["id"] for _ in range(3))
+        with httpx.stream("POST", f"{url}/ui/api/conversations/{a}/turn", json={"text": "long"}, timeout=60) as ra:
+            lines = ra.iter_lines()
+            while '"answer"' not in next(lines):
+                pass  # a is generating (the queue is empty again)
+            with httpx.stream("POST", f"{url}/ui/api/conversations/{b}/turn", json={"text": "x"}, timeout=60) as rb:
+                first = json.loads(next(rb.iter_lines())[5:])
+                assert first == {"type": "start", "conversation": b, "queued": 1}  # the page says it waits
+                r = httpx.post(f"{url}/ui/api/conversations/{c}/turn", json={"text": "y"})
+                assert r.status_code == 429 and "busy" in r.json()["error"]["message"]
+                httpx.post(f"{url}/ui/api/conversations/{a}/stop")
+                httpx.post(f"{url}/ui/api/conversations/{b}/stop")
+        model.args.max_position_embeddings = 60
+        with httpx.stream("POST", f"{url}/ui/api/conversations/{c}/turn", json={"text": "z"}, timeout=60) as r:
+            evs = events(r)
+        assert evs[-1]["type"] == "error" and evs[-1]["code"] == "context_length_exceeded"
+        assert "context is full" in evs[-1]["message"]
+        assert httpx.get(f"{url}/ui/api/conversations/{c}").json()["messages"] == []
