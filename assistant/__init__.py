@@ -1,10 +1,15 @@
-"""The assistant layer: what the terminal chat, the server and Python users share.
+"""The assistant layer: what the terminal chat, the chat page, the server and Python users share.
 
-`Engine` runs one model with a prompt cache and speaks harmony (prompt tokens in, parser events
-out); `ChatSession` is a multi-turn conversation with tools on top of it.
+`Engine` runs one model with its prompt caches and speaks harmony (prompt tokens in, parser events
+out); `ChatSession` is a multi-turn conversation with tools on top of it; `ConversationStore` keeps
+conversations in SQLite and `Workspace` runs the chat page's stored conversations turn by turn.
 """
 
+from .conversations import Conversation, ConversationStore, StoreError
+from .data_dir import user_data_dir
 from .engine import Engine, TurnStats
-from .session import ChatSession, ToolResult, TurnReport
+from .session import ChatSession, ContextFull, ToolResult, TurnReport
+from .workspace import NoSuchConversation, TurnFinished, Workspace
 
-__all__ = ["ChatSession", "Engine", "ToolResult", "TurnReport", "TurnStats"]
+__all__ = ["ChatSession", "ContextFull", "Conversation", "ConversationStore", "Engine", "NoSuchConversation",
+           "StoreError", "ToolResult", "TurnFinished", "TurnReport", "TurnStats", "Workspace", "user_data_dir"]

@@ -52,6 +52,7 @@ class Request:
     stats: Any  # TurnStats
     speculate: bool
     should_stop: Optional[Callable[[], bool]] = None
+    cache_key: Optional[str] = None
     events: "queue.Queue[Any]" = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
@@ -88,9 +89,12 @@ class Request:
 
 
 class DecodeLoop:
-    def __init__(self, model: Model, slots: list[PromptCache], kv_budget_bytes: Optional[int] = None):
+    def __init__(self, model: Model, slots: list[PromptCache], max_sequences: int = 1,
+                 kv_budget_bytes: Optional[int] = None):
         self.model = model
         self.slots = slots
+        self.max_sequences = max_sequences
+        self.key_of: dict[int, Optional[str]] = {}  # id(slot) -> the cache_key that used it last
         self.kv_budget = kv_budget_bytes
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []
@@ -175,20 +179,25 @@ class DecodeLoop:
         return not self.active and need <= self.kv_budget  # alone it must fit; else wait for others to end
 
     def _admit(self) -> None:
-        while self.waiting:
+        while self.waiting and len(self.active) < self.max_sequences:
             free = [s for s in self.slots if id(s) not in self.busy]
             if not free:
                 return
             req = self.waiting[0]
-            slot = self._choose_slot(free, req.prompt + req.forced_prefix)
+            slot = self._choose_slot(free, req.prompt + req.forced_prefix, req.cache_key)
             if not self._fits(req, slot):
                 return
             self.waiting.popleft()
             self._start(req, slot)
 
-    def _choose_slot(self, free: list[PromptCache], prompt: list[int]) -> PromptCache:
-        """The cache this prompt continues (it shares most of what the cache holds); else an empty one;
-        else the least recently used (a shared system prompt is still reused from it)."""
+    def _choose_slot(self, free: list[PromptCache], prompt: list[int], key: Optional[str]) -> PromptCache:
+        """The cache this conversation (`key`) used last; else the cache this prompt continues (it shares
+        most of what the cache holds); else an empty one; else the least recently used (a shared system
+        prompt is still reused from it)."""
+        if key is not None:
+            mine = [s for s in free if self.key_of.get(id(s)) == key]
+            if mine:
+                return mine[0]
         shared = {id(s): _common_prefix(s.tokens, prompt) for s in free}
         continued = [s for s in free if s.tokens and shared[id(s)] * 2 >= len(s.tokens)]
         if continued:
@@ -200,6 +209,7 @@ class DecodeLoop:
 
     def _start(self, req: Request, slot: PromptCache) -> None:
         self.busy.add(id(slot))
+        self.key_of[id(slot)] = req.cache_key
         self.active.append(req)
         req.slot = slot
         self.last_slot = slot

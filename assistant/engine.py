@@ -10,7 +10,6 @@ requests that overlap in one batched forward pass per token (up to `max_sequence
 from __future__ import annotations
 
 import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -42,27 +41,39 @@ class Engine:
     """A loaded model, the prompt caches of the conversations it serves, and its decode thread.
 
     `max_sequences`: generations decoded together (each holds one prompt cache while it runs);
+    `cache_slots`: prompt caches kept (at least `max_sequences`; more keep idle conversations warm);
     `kv_budget_bytes`: KV memory all prompt caches may hold together (None: no limit) -- a request
     waits until its worst case fits, idle caches are dropped oldest first to make room.
+
+    A generation goes to the cache its prompt continues; one that names a `cache_key` (the chat page
+    names its conversation) goes back to the cache that key used last, if that cache is free, so
+    switching between conversations and back still reuses the earlier one's tokens.
     """
 
     def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4, speculate: bool = True,
-                 max_sequences: int = 1, kv_budget_bytes: Optional[int] = None):
+                 max_sequences: int = 1, cache_slots: Optional[int] = None, kv_budget_bytes: Optional[int] = None):
         if max_sequences < 1:
             raise ValueError("max_sequences must be >= 1")
+        if cache_slots is not None and cache_slots < 1:
+            raise ValueError("cache_slots must be >= 1")
         self.model = model
         self.model_id = model_id
         self.speculate = speculate  # prompt-lookup speculative decoding where it pays (per request overridable)
         self.max_sequences = max_sequences
-        self.slots = [PromptCache(model, max_snapshots=max_snapshots) for _ in range(max_sequences)]
-        self._loop = DecodeLoop(model, self.slots, kv_budget_bytes=kv_budget_bytes)
-        self._lock = threading.Lock()
+        n_slots = max(max_sequences, cache_slots or max_sequences)
+        self.slots = [PromptCache(model, max_snapshots=max_snapshots) for _ in range(n_slots)]
+        self._loop = DecodeLoop(model, self.slots, max_sequences=max_sequences, kv_budget_bytes=kv_budget_bytes)
 
     @classmethod
-    def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None,
-             speculate: bool = True, max_sequences: int = 1, kv_budget_bytes: Optional[int] = None) -> "Engine":
+    def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None, speculate: bool = True,
+             max_sequences: int = 1, cache_slots: Optional[int] = None,
+             kv_budget_bytes: Optional[int] = None) -> "Engine":
         return cls(load(path, dtype=dtype), model_id or Path(path).name, speculate=speculate,
-                   max_sequences=max_sequences, kv_budget_bytes=kv_budget_bytes)
+                   max_sequences=max_sequences, cache_slots=cache_slots, kv_budget_bytes=kv_budget_bytes)
+
+    @property
+    def cache_slots(self) -> int:
+        return len(self.slots)
 
     @property
     def prompt_cache(self) -> PromptCache:
@@ -88,6 +99,7 @@ class Engine:
         forced_prefix: Sequence[int] = (),
         should_stop: Optional[Callable[[], bool]] = None,
         speculate: Optional[bool] = None,
+        cache_key: Optional[str] = None,
     ) -> Iterator[Event]:
         """Parser events of one generation from `prompt` (which ends with `<|start|>assistant`).
 
@@ -95,12 +107,14 @@ class Engine:
         `tool_choice` demands); its events come first. `should_stop` is polled after every token, so a
         cancelled request stops within a token. Closing the generator (a client gone, Ctrl-C) stops
         the generation too; either way, when this generator is done the cache it used is consistent.
+        `cache_key` names the conversation, to find its prompt cache again (see the class docstring).
         """
         req = Request(
             prompt=list(prompt), forced_prefix=list(forced_prefix), max_tokens=max_tokens, temperature=temperature,
             top_p=top_p, seed=seed, tools=None if tools is None else list(tools),
             stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids), stats=stats if stats is not None else TurnStats(),
             speculate=self.speculate if speculate is None else speculate, should_stop=should_stop,
+            cache_key=cache_key,
         )
         self._loop.submit(req)
         try:

@@ -40,12 +40,16 @@ class ToolResult:
     name: str
     call_id: str
     output: str
-    status: str  # "ok" | "error" | "timeout" | "crashed" | "unknown"
+    status: str  # "ok" | "error" | "timeout" | "crashed" | "unknown" | "cancelled"
 
 
 @dataclass
 class StepLimitReached:
     steps: int
+
+
+class ContextFull(HarmonyIOError):
+    """The conversation no longer fits the model's context: a user error, said in one line."""
 
 
 @dataclass
@@ -66,15 +70,27 @@ class TurnReport:
     def generated(self) -> int:
         return sum(s.generated_tokens for s in self.steps)
 
-    def line(self) -> str:
+    def figures(self) -> dict[str, Any]:
+        """The turn's numbers in one flat dict (what the chat page shows under an answer)."""
         pre_s = sum(s.prefill_seconds for s in self.steps)
         dec_s = sum(s.decode_seconds for s in self.steps)
         dec_n = sum(max(s.generated_tokens - 1, 0) for s in self.steps)
-        pre_tps = self.prefilled / pre_s if pre_s > 0 else 0.0
-        dec_tps = dec_n / dec_s if dec_s > 0 else 0.0
-        return (f"prefill {self.prefilled} tok @ {pre_tps:.1f} tok/s | decode {self.generated} tok @ "
-                f"{dec_tps:.1f} tok/s | reused {self.reused} tok from cache"
-                + (f" | {len(self.steps)} steps" if len(self.steps) > 1 else ""))
+        return {
+            "prompt_tokens": self.steps[0].prompt_tokens if self.steps else 0,
+            "reused_tokens": self.reused,
+            "prefilled_tokens": self.prefilled,
+            "generated_tokens": self.generated,
+            "prefill_tps": round(self.prefilled / pre_s, 1) if pre_s > 0 else 0.0,
+            "decode_tps": round(dec_n / dec_s, 1) if dec_s > 0 else 0.0,
+            "steps": len(self.steps),
+            "finish_reason": self.finish_reason,
+        }
+
+    def line(self) -> str:
+        f = self.figures()
+        return (f"prefill {f['prefilled_tokens']} tok @ {f['prefill_tps']:.1f} tok/s | decode {f['generated_tokens']} "
+                f"tok @ {f['decode_tps']:.1f} tok/s | reused {f['reused_tokens']} tok from cache"
+                + (f" | {f['steps']} steps" if f["steps"] > 1 else ""))
 
 
 ChatEvent = Union[Event, ToolResult, StepLimitReached]
@@ -95,6 +111,7 @@ class ChatSession:
         seed: Optional[int] = None,
         keep_analysis: bool = False,
         current_date: Optional[str] = None,
+        cache_key: Optional[str] = None,
     ):
         self.engine = engine
         self.system = system
@@ -104,6 +121,7 @@ class ChatSession:
         self.max_tool_steps = max_tool_steps
         self.keep_analysis = keep_analysis
         self.current_date = current_date
+        self.cache_key = cache_key  # which of the engine's prompt caches this conversation uses
         self.functions = FunctionRegistry()
         self.messages: list[dict[str, Any]] = []
         self.last_turn: Optional[TurnReport] = None
@@ -137,31 +155,47 @@ class ChatSession:
 
     # -- a turn ------------------------------------------------------------------------------
 
-    def send(self, text: str) -> Iterator[ChatEvent]:
-        """Stream one user turn (all its generation steps and tool results)."""
+    def send(self, text: str, should_stop: Optional[Callable[[], bool]] = None) -> Iterator[ChatEvent]:
+        """Stream one user turn (all its generation steps and tool results).
+
+        `should_stop` is polled after every generated token and before every tool call: when it
+        says so, the turn ends like a Ctrl-C (the partial answer is kept, marked interrupted).
+        Raises ContextFull before generating when the conversation no longer fits.
+        """
+        stopped = should_stop or (lambda: False)
         self.messages.append({"role": "user", "content": text})
         report = TurnReport()
         self.last_turn = report
         self.history_reports.append(report)
         for step in range(self.max_tool_steps + 1):
+            prompt = self.render()
+            room = self.engine.model.args.max_position_embeddings - len(prompt.tokens)
+            if room < 1:
+                if step == 0:
+                    self.messages.pop()  # nothing was said: the turn did not happen
+                    self.history_reports.pop()
+                raise ContextFull(f"the conversation is {len(prompt.tokens)} tokens long and the model's context "
+                                  f"holds {self.engine.model.args.max_position_embeddings}: start a new one")
             turn = AssistantTurn()
             stats = TurnStats()
             report.steps.append(stats)
             completed = False
-            prompt = self.render()
             try:
                 for ev in self.engine.stream(
-                    prompt.tokens, max_tokens=self.max_tokens, temperature=self.temperature,
+                    prompt.tokens, max_tokens=min(self.max_tokens, room), temperature=self.temperature,
                     top_p=self.top_p, seed=self.seed, tools=prompt.recipients, stats=stats,
+                    should_stop=stopped, cache_key=self.cache_key,
                 ):
                     turn.add(ev)
                     yield ev
-                completed = True
+                completed = turn.finish_reason is not None or not stopped()
             finally:
                 self.messages.append(history_message(turn, interrupted=not completed))
                 if not completed:
                     report.interrupted = True
                     report.finish_reason = "interrupted"
+            if not completed:
+                return
             report.finish_reason = turn.finish_reason
             if turn.finish_reason != "tool_calls":
                 return
@@ -169,10 +203,31 @@ class ChatSession:
                 yield StepLimitReached(step)
                 return
             for call in turn.tool_calls:
-                result = self._run_tool(call)
+                if stopped():
+                    result = ToolResult(call.name, call.id, "error: the user stopped the turn before this call ran",
+                                        "cancelled")
+                else:
+                    result = self._run_tool(call)
                 self.messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
-                                      "content": result.output})
+                                      "content": result.output, "status": result.status})
                 yield result
+            if stopped():
+                report.interrupted = True
+                report.finish_reason = "interrupted"
+                return
+
+    def undo_last_turn(self) -> Optional[str]:
+        """Forget the last user message and everything after it; returns its text (None: no user message).
+
+        Regenerate and edit-and-resend are this followed by `send`: the re-rendered prompt is a
+        prefix of what the cache holds, so only the (new) user message is prefilled again.
+        """
+        for i in range(len(self.messages) - 1, -1, -1):
+            if self.messages[i].get("role") == "user":
+                text = self.messages[i].get("content")
+                del self.messages[i:]
+                return text if isinstance(text, str) else ""
+        return None
 
     def ask(self, text: str) -> str:
         """Run a turn to completion and return the answer text."""

@@ -24,6 +24,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - package not built yet
         pass
     try:
+        from gptoss_metal.assistant.conversations import StoreError
+
+        types.append(StoreError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         from gptoss_metal.harmony_io.errors import HarmonyIOError
 
         types.append(HarmonyIOError)

@@ -1,6 +1,13 @@
-"""`gptoss serve`: the OpenAI-compatible HTTP server (FastAPI + uvicorn)."""
+"""`gptoss serve` and `gptoss app`: the OpenAI-compatible server and the chat page (FastAPI + uvicorn)."""
 
 from __future__ import annotations
+
+import socket
+import threading
+import time
+import webbrowser
+from pathlib import Path
+from typing import Callable, Optional
 
 import click
 from rich.console import Console
@@ -9,52 +16,132 @@ from .errors import handle_user_errors
 from .generate import DTYPES
 
 err = Console(stderr=True, highlight=False)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-@click.command("serve")
-@click.argument("model_path", type=click.Path())
-@click.option("--host", default="127.0.0.1", show_default=True, help="Use 0.0.0.0 to listen on all interfaces.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--api-key", envvar="GPTOSS_API_KEY", default=None,
-              help="Require `Authorization: Bearer KEY` on /v1 routes (or set GPTOSS_API_KEY).")
-@click.option("--model-id", default=None, help="Model name clients use (default: the folder name).")
-@click.option("--alias", multiple=True, help="Extra accepted model names (repeatable).")
-@click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True,
-              help="Requests waiting beyond this get 429.")
-@click.option("--max-tokens", type=click.IntRange(1), default=4096, show_default=True,
-              help="Default completion limit when a request sets none.")
-@click.option("--dtype", type=DTYPES, default="bfloat16", show_default=True)
-@click.option("--max-sequences", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Requests decoded together in one batched forward pass (more wait in the queue).")
-@click.option("--kv-budget-gb", type=click.FloatRange(0.1), default=None,
-              help="KV-cache memory all conversations may hold together [default: a quarter of RAM].")
-@click.option("--no-speculate", "no_speculate", is_flag=True,
-              help="Turn off prompt-lookup speculative decoding by default (requests may still set "
-                   "`speculate`).")
-@handle_user_errors
-def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_id: str | None,
-              alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str, max_sequences: int,
-              kv_budget_gb: float | None, no_speculate: bool) -> None:
-    """Serve MODEL_PATH at http://HOST:PORT/v1 (chat completions and responses)."""
+def server_options(fn: Callable) -> Callable:
+    """The options `serve` and `app` share."""
+    options = [
+        click.argument("model_path", type=click.Path()),
+        click.option("--host", default="127.0.0.1", show_default=True,
+                     help="Use 0.0.0.0 to listen on all interfaces."),
+        click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True),
+        click.option("--api-key", envvar="GPTOSS_API_KEY", default=None,
+                     help="Require `Authorization: Bearer KEY` on /v1 and the page's API (or set GPTOSS_API_KEY)."),
+        click.option("--model-id", default=None, help="Model name clients use (default: the folder name)."),
+        click.option("--alias", multiple=True, help="Extra accepted model names (repeatable)."),
+        click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True,
+                     help="Requests waiting beyond this get 429."),
+        click.option("--max-tokens", type=click.IntRange(1), default=4096, show_default=True,
+                     help="Default completion limit when a request sets none."),
+        click.option("--dtype", type=DTYPES, default="bfloat16", show_default=True),
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GPTOSS_DATA_DIR",
+                     default=None, help="Where the chat page keeps conversations (default: the user data folder, "
+                     "e.g. ~/Library/Application Support/gptoss-metal; or set GPTOSS_DATA_DIR)."),
+        click.option("--cache-slots", type=click.IntRange(1, 64), default=4, show_default=True,
+                     help="Prompt caches kept for different conversations (each holds its KV cache in memory)."),
+        click.option("--allow-host", multiple=True,
+                     help="Another name this server answers to, e.g. mymac.local (repeatable; loopback names "
+                     "and IP addresses always work)."),
+        click.option("--allow-origin", multiple=True,
+                     help="A web origin whose pages may call the API from a browser, e.g. http://localhost:3000 "
+                     "(repeatable; '*' allows any: only on a trusted machine)."),
+        click.option("--page-temperature", type=click.FloatRange(0.0, 2.0), default=1.0, show_default=True,
+                     help="Sampling temperature of the chat page's answers."),
+        click.option("--max-sequences", type=click.IntRange(1, 64), default=4, show_default=True,
+                     help="Requests decoded together in one batched forward pass (more wait in the queue)."),
+        click.option("--kv-budget-gb", type=click.FloatRange(0.1), default=None,
+                     help="KV-cache memory all conversations may hold together [default: a quarter of RAM]."),
+        click.option("--no-speculate", "no_speculate", is_flag=True,
+                     help="Turn off prompt-lookup speculative decoding by default (requests may still set "
+                          "`speculate`)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host in ("::", "::1") else host)
+    return f"http://{shown}:{port}/"
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def run_server(model_path: str, host: str, port: int, api_key: Optional[str], model_id: Optional[str],
+               alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str, data_dir: Optional[Path],
+               cache_slots: int, allow_host: tuple[str, ...], allow_origin: tuple[str, ...],
+               page_temperature: float, open_browser: bool, max_sequences: int = 4,
+               kv_budget_gb: Optional[float] = None, no_speculate: bool = False) -> None:
     import uvicorn
 
     from gptoss_metal.assistant import Engine
-    from gptoss_metal.server.app import create_app
-    from gptoss_metal.server.openai_api import OpenAIService
+    from gptoss_metal.server.assembly import assemble
 
+    if not _port_free(host, port):
+        if not open_browser:
+            raise click.ClickException(f"port {port} on {host} is in use: pick another with --port")
+        port = 0  # `gptoss app`: any free port will do
     with err.status("loading model..."):
         from gptoss_metal.metal_runtime.diagnostics import total_memory_bytes
 
         ram = total_memory_bytes()
         budget = int(kv_budget_gb * 2**30) if kv_budget_gb else (ram // 4 if ram else None)
-        engine = Engine.load(model_path, dtype=dtype, model_id=model_id, speculate=not no_speculate,
-                             max_sequences=max_sequences, kv_budget_bytes=budget)
-    service = OpenAIService(engine, aliases=alias, max_queue=max_queue, default_max_tokens=max_tokens)
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        engine = Engine.load(model_path, dtype=dtype, model_id=model_id, cache_slots=cache_slots,
+                             max_sequences=max_sequences, kv_budget_bytes=budget, speculate=not no_speculate)
+    server = assemble(engine, data_dir=data_dir, api_key=api_key, bind=host, allow_hosts=allow_host,
+                      allow_origins=allow_origin, aliases=alias, max_queue=max_queue, max_tokens=max_tokens,
+                      page_temperature=page_temperature)
+    if host not in LOOPBACK and api_key is None:
         err.print("[yellow]warning:[/] listening beyond this machine without --api-key")
-    err.print(f"serving [bold]{service.model_id}[/] at http://{host}:{port}/v1")
-    uvicorn.run(create_app(service, api_key=api_key), host=host, port=port, log_level="warning")
+    if "*" in allow_origin:
+        err.print("[yellow]warning:[/] --allow-origin '*': any web page you visit can use this server")
+    uv = uvicorn.Server(uvicorn.Config(server.app, host=host, port=port, log_level="warning"))
+
+    def announce() -> None:
+        while not uv.started:
+            if uv.should_exit:
+                return
+            time.sleep(0.05)
+        bound = uv.servers[0].sockets[0].getsockname()[1] if uv.servers else port
+        url = _url(host, bound)
+        err.print(f"serving [bold]{server.service.model_id}[/]: chat page {url}  API {url}v1  "
+                  f"(conversations in {server.database})")
+        if open_browser and not webbrowser.open(url):
+            err.print(f"open {url} in your browser")
+
+    threading.Thread(target=announce, daemon=True).start()
+    try:
+        uv.run()
+    finally:
+        server.close()
+
+
+@click.command("serve")
+@server_options
+@click.option("--open", "open_browser", is_flag=True, help="Open the chat page in the default browser.")
+@handle_user_errors
+def serve_cmd(open_browser: bool, **options) -> None:
+    """Serve MODEL_PATH: the chat page at http://HOST:PORT/ and the OpenAI API at /v1."""
+    run_server(open_browser=open_browser, **options)
+
+
+@click.command("app")
+@server_options
+@handle_user_errors
+def app_cmd(**options) -> None:
+    """Chat with MODEL_PATH in your browser, offline (`gptoss serve --open`; another port if 8000 is taken)."""
+    run_server(open_browser=True, **options)
 
 
 def register(group: click.Group) -> None:
     group.add_command(serve_cmd)
+    group.add_command(app_cmd)

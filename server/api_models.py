@@ -71,3 +71,24 @@ class ResponsesRequest(_Lenient):
 
 
 ToolChoice = Union[Literal["auto", "none", "required"], dict[str, Any], None]
+
+
+# -- the chat page's own API (/ui/api) ----------------------------------------------------------
+
+
+class PageSettings(BaseModel):
+    """Settings a conversation's prompt depends on; each is optional (unchanged when absent)."""
+
+    model_config = ConfigDict(extra="forbid")
+    system: Optional[str] = Field(default=None, max_length=100_000)
+    effort: Optional[Literal["low", "medium", "high"]] = None
+    python: Optional[bool] = None
+
+
+class ConversationPatch(PageSettings):
+    title: Optional[str] = Field(default=None, max_length=200)
+
+
+class TurnRequest(PageSettings):
+    text: Optional[str] = Field(default=None, max_length=1_000_000)
+    mode: Literal["send", "regenerate", "edit"] = "send"

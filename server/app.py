@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +12,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .api_models import APIError, ChatCompletionRequest, ResponsesRequest
 from .openai_api import OpenAIService
+from .security import GuardConfig, LocalServerGuard
+
+if TYPE_CHECKING:
+    from .page_api import PageService
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -28,13 +32,15 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
     return JSONResponse(APIError(status, message, type=type_, code=code, param=param).body(), status_code=status)
 
 
-def create_app(service: OpenAIService, api_key: Optional[str] = None) -> FastAPI:
-    app = FastAPI(title="gptoss-metal", docs_url=None, redoc_url=None)
+def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: Optional["PageService"] = None,
+               guard: Optional[GuardConfig] = None) -> FastAPI:
+    """The API, and the chat page when `page` is given, behind the localhost guard (security.py)."""
+    app = FastAPI(title="gptoss-metal", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
-        if api_key is not None and request.url.path.startswith("/v1"):
+        if api_key is not None and request.url.path.startswith(("/v1", "/ui/api")):
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), api_key):
@@ -93,4 +99,9 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None) -> FastAPI
         return StreamingResponse(service.respond_stream(body, gen, job, _streaming_disconnect_check),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
 
+    if page is not None:
+        from .page_routes import add_page
+
+        add_page(app, page)
+    app.add_middleware(LocalServerGuard, config=guard or GuardConfig())  # added last: runs first
     return app

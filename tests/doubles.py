@@ -7,6 +7,7 @@ trims and snapshot restores.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from types import SimpleNamespace
 from typing import Iterable
@@ -20,7 +21,7 @@ FILLER = 200007  # what the double says when no script is active (never read by 
 
 
 class ScriptedModel:
-    def __init__(self, replies: Iterable[list[int]] = (), window: int = 4):
+    def __init__(self, replies: Iterable[list[int]] = (), window: int = 4, delay_s: float = 0.0):
         self.args = SimpleNamespace(vocab_size=VOCAB, max_position_embeddings=131072, sliding_window=window,
                                     num_hidden_layers=2)
         self.replies: deque[list[int]] = deque(replies)
@@ -30,6 +31,7 @@ class ScriptedModel:
         self.verify_range: tuple[int, int] | None = None
         self.generations = 0
         self.window = window
+        self.delay_s = delay_s  # per decoded token: lets a test see a stream arrive (and stop it)
 
     def add_reply(self, tokens: list[int]) -> None:
         self.replies.append(list(tokens))
@@ -59,6 +61,8 @@ class ScriptedModel:
             row[nxt] = 0.0
             rows.append(row)
         if T == 1:
+            if self.delay_s:
+                time.sleep(self.delay_s)
             self.expect = start + 1
         elif verifying:  # a speculative verification: the caller keeps a prefix of it
             self.expect, self.verify_range = None, (start + 1, start + T)

@@ -105,7 +105,12 @@ def test_a_built_wheel_installs_exactly_one_top_level_name(tmp_path):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"gptoss_metal"}
     for needed in ("gptoss_metal/metal_runtime/kernels/router.metal", "gptoss_metal/architecture.py",
-                   "gptoss_metal/assistant/tools/sandbox_child.py", "gptoss_metal/cli/main.py"):
+                   "gptoss_metal/assistant/tools/sandbox_child.py", "gptoss_metal/cli/main.py",
+                   # the chat page and its vendored libraries, licences included
+                   "gptoss_metal/server/static/index.html", "gptoss_metal/server/static/js/app.js",
+                   "gptoss_metal/server/static/style.css", "gptoss_metal/server/static/vendor/purify.min.js",
+                   "gptoss_metal/server/static/vendor/LICENSE.dompurify",
+                   "gptoss_metal/server/static/vendor/README.md"):
         assert needed in names
     assert not any(n.startswith(("gptoss_metal/tests/", "gptoss_metal/benchmarks/", "gptoss_metal/.venv"))
                    for n in names)

@@ -1,0 +1,208 @@
+"""Stored conversations (SQLite), the page's turn runner (Workspace), exports and the data folder."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from doubles import ScriptedModel
+from gptoss_metal.assistant import (
+    ConversationStore,
+    Engine,
+    NoSuchConversation,
+    StoreError,
+    ToolResult,
+    TurnFinished,
+    Workspace,
+    user_data_dir,
+)
+from gptoss_metal.assistant.export import to_json, to_markdown
+from gptoss_metal.assistant.session import ChatSession, ContextFull
+from gptoss_metal.harmony_io import ReasoningDelta, TextDelta, encoding
+from gptoss_metal.harmony_io.tokens import assistant_header
+
+
+def E(s: str) -> list[int]:
+    return encoding().encode(s, allowed_special="all")
+
+
+ANALYSIS = "<|channel|>analysis<|message|>{}<|end|><|start|>assistant"
+FINAL = "<|channel|>final<|message|>{}<|return|>"
+PY_CALL = "<|channel|>analysis to=python <|constrain|>code<|message|>{}<|call|>"
+
+
+class FakePython:
+    """Stands in for the sandboxed interpreter where a test is about the loop, not the sandbox."""
+
+    name = "python"
+
+    def __init__(self):
+        self.closed = False
+        self.calls: list[str] = []
+
+    def run(self, code: str):
+        from gptoss_metal.assistant.tools.python_tool import ToolOutput
+
+        self.calls.append(code)
+        return ToolOutput("42\n", "ok")
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def store(tmp_path) -> ConversationStore:
+    return ConversationStore(tmp_path / "conversations.sqlite3")
+
+
+def workspace(store, replies, cache_slots=1, **kw):
+    model = ScriptedModel([E(r) for r in replies])
+    engine = Engine(model, model_id="scripted", cache_slots=cache_slots)
+    return Workspace(engine, store, temperature=0.0, python_factory=FakePython, **kw), model
+
+
+def test_store_round_trip_survives_reopening(tmp_path, store):
+    c = store.create(system="Be brief.", effort="high", python=True, current_date="2026-11-23")
+    msgs = [{"role": "user", "content": "héllo"}, {"role": "assistant", "content": "hi", "exact_history": [
+        {"channel": "final", "recipient": None, "stop": "return", "tokens": [1, 2, 3]}]}]
+    assert store.save_messages(c.id, msgs, {1: {"prompt_tokens": 9}})
+    again = ConversationStore(tmp_path / "conversations.sqlite3").get(c.id)
+    assert again.messages == msgs and again.figures == {1: {"prompt_tokens": 9}}
+    assert (again.system, again.effort, again.python, again.current_date) == ("Be brief.", "high", True, "2026-11-23")
+    view = again.view()
+    assert "exact_history" not in view["messages"][1] and view["messages"][1]["figures"] == {"prompt_tokens": 9}
+    assert store.update(c.id, title="Renamed", effort="low", system=None, python=False)
+    got = store.get(c.id)
+    assert (got.title, got.effort, got.system, got.python) == ("Renamed", "low", None, False)
+    d = store.create()
+    assert [s["id"] for s in store.list()] == [d.id, c.id]
+    assert store.delete(c.id) and store.get(c.id) is None and not store.delete(c.id)
+    assert not store.save_messages(c.id, msgs, {})  # a deleted conversation is not resurrected
+    with sqlite3.connect(tmp_path / "conversations.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0  # cascade
+
+
+def test_store_refuses_a_file_that_is_not_a_database(tmp_path):
+    bad = tmp_path / "conversations.sqlite3"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable conversation database"):
+        ConversationStore(bad)
+
+
+def test_data_dir_follows_platform_conventions(tmp_path):
+    home = Path("/home/u")
+    assert user_data_dir({}, "darwin", home) == home / "Library/Application Support/gptoss-metal"
+    assert user_data_dir({}, "linux", home) == home / ".local/share/gptoss-metal"
+    assert user_data_dir({"XDG_DATA_HOME": "/x"}, "linux", home) == Path("/x/gptoss-metal")
+    assert user_data_dir({"XDG_DATA_HOME": "rel"}, "linux", home) == home / ".local/share/gptoss-metal"
+    assert user_data_dir({"GPTOSS_DATA_DIR": str(tmp_path)}, "darwin", home) == tmp_path
+
+
+def test_turn_with_python_call_is_stored_with_figures_and_title(store):
+    ws, _ = workspace(store, [ANALYSIS.format("Compute.") + PY_CALL.format("print(6*7)"),
+                              FINAL.format("It is **42**.")])
+    c = store.create(python=True, current_date="2026-11-23")
+    items = list(ws.run_turn(c.id, "What is 6*7?"))
+    assert [i for i in items if isinstance(i, ToolResult)][0].output == "42\n"
+    assert "".join(i.text for i in items if isinstance(i, TextDelta)) == "It is **42**."
+    done = items[-1]
+    assert isinstance(done, TurnFinished) and not done.interrupted and done.figures["steps"] == 2
+    got = store.get(c.id)
+    assert got.title == "What is 6*7?"
+    assert [m["role"] for m in got.messages] == ["user", "assistant", "tool", "assistant"]
+    assert got.messages[1]["tool_calls"][0]["function"] == {"name": "python", "arguments": "print(6*7)"}
+    assert got.figures[3]["prompt_tokens"] > 0 and got.figures[3]["finish_reason"] == "stop"
+
+
+def test_resumed_conversation_reprefills_only_the_new_message(tmp_path, store):
+    replies = [FINAL.format("One."), FINAL.format("Two.")]
+    ws, model = workspace(store, replies)
+    c = store.create(current_date="2026-11-23")
+    list(ws.run_turn(c.id, "first"))
+    # a new Workspace (a restarted page) on the same engine: the stored exact history re-renders
+    # the very prompt the cache holds
+    ws2 = Workspace(ws.engine, ConversationStore(tmp_path / "conversations.sqlite3"), temperature=0.0)
+    items = list(ws2.run_turn(c.id, "second"))
+    fig = items[-1].figures
+    new_part = E("<|end|><|start|>user<|message|>second<|end|>") + assistant_header()
+    assert fig["prefilled_tokens"] == len(new_part)
+    assert fig["reused_tokens"] == fig["prompt_tokens"] - len(new_part)
+
+
+def test_switching_conversations_keeps_each_cache_with_slots(store):
+    ws, _ = workspace(store, [FINAL.format("A1."), FINAL.format("B1."), FINAL.format("A2.")], cache_slots=3)
+    a = store.create(current_date="2026-11-23")
+    b = store.create(current_date="2026-11-23")
+    list(ws.run_turn(a.id, "alpha"))
+    list(ws.run_turn(b.id, "beta"))
+    fig = list(ws.run_turn(a.id, "alpha again"))[-1].figures
+    new_part = E("<|end|><|start|>user<|message|>alpha again<|end|>") + assistant_header()
+    assert fig["prefilled_tokens"] == len(new_part)  # conversation B did not evict A's cache
+
+
+def test_regenerate_and_edit_replace_the_last_turn(store):
+    ws, _ = workspace(store, [FINAL.format("First answer."), FINAL.format("Second answer."),
+                              FINAL.format("Edited answer.")])
+    c = store.create(current_date="2026-11-23")
+    list(ws.run_turn(c.id, "question"))
+    list(ws.run_turn(c.id, None, mode="regenerate"))
+    got = store.get(c.id)
+    assert [m.get("content") for m in got.messages] == ["question", "Second answer."]
+    list(ws.run_turn(c.id, "better question", mode="edit"))
+    got = store.get(c.id)
+    assert [m.get("content") for m in got.messages] == ["better question", "Edited answer."]
+    assert list(got.figures) == [1]
+    with pytest.raises(NoSuchConversation):
+        list(ws.run_turn("c_missing", "x"))
+
+
+def test_stop_mid_answer_keeps_the_partial_answer_marked(store):
+    long_answer = FINAL.format("word " * 300)
+    ws, model = workspace(store, [ANALYSIS.format("Thinking.") + long_answer])
+    c = store.create(current_date="2026-11-23")
+    seen = 0
+
+    def should_stop() -> bool:
+        return seen >= 5
+
+    items = []
+    for it in ws.run_turn(c.id, "talk", should_stop=should_stop):
+        items.append(it)
+        if isinstance(it, TextDelta):
+            seen += 1
+    assert items[-1].interrupted and items[-1].figures["finish_reason"] == "interrupted"
+    last = store.get(c.id).messages[-1]
+    assert last["interrupted"] and 0 < len(last["content"]) < len("word " * 300)
+    assert any(isinstance(i, ReasoningDelta) for i in items)
+    assert model.j < 100  # the engine stopped generating, not just the reader
+
+
+def test_context_full_is_a_clear_error_and_leaves_no_trace():
+    model = ScriptedModel([E(FINAL.format("x"))])
+    model.args.max_position_embeddings = 40
+    s = ChatSession(Engine(model), current_date="2026-11-23")
+    with pytest.raises(ContextFull, match="context holds 40"):
+        list(s.send("hello " * 50))
+    assert s.messages == []
+
+
+def test_exports(store):
+    ws, _ = workspace(store, [ANALYSIS.format("Compute.") + PY_CALL.format("print('```')"),
+                              FINAL.format("Done: `42`.")])
+    c = store.create(python=True, system="Be brief.", current_date="2026-11-23")
+    list(ws.run_turn(c.id, "go"))
+    conv = store.get(c.id)
+    data = to_json(conv)
+    assert data["version"] == 2 and data["messages"][1]["exact_history"]
+    # the JSON export loads into a terminal chat session
+    path = Path(store.path.parent / "export.json")
+    path.write_text(json.dumps(data))
+    s = ChatSession(ws.engine)
+    s.load(path)
+    assert s.messages == conv.messages and s.system == "Be brief."
+    md = to_markdown(conv)
+    assert md.startswith("# go\n") and "## You\n\ngo" in md and "## Assistant\n\nDone: `42`." in md
+    assert "````python\nprint('```')\n````" in md and "**Output of python**" in md and "> Be brief." in md
