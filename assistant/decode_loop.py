@@ -191,17 +191,17 @@ class DecodeLoop:
             self._start(req, slot)
 
     def _choose_slot(self, free: list[PromptCache], prompt: list[int], key: Optional[str]) -> PromptCache:
-        """The cache this conversation (`key`) used last; else the cache this prompt continues (it shares
-        most of what the cache holds); else an empty one; else the least recently used (a shared system
-        prompt is still reused from it)."""
+        """The cache this conversation (`key`) used last; else a cache whose conversation this prompt
+        continues (it contains that cache's last prompt in full); else an empty one; else the least
+        recently used (a shared system prompt is still reused from it)."""
         if key is not None:
             mine = [s for s in free if self.key_of.get(id(s)) == key]
             if mine:
                 return mine[0]
-        shared = {id(s): _common_prefix(s.tokens, prompt) for s in free}
-        continued = [s for s in free if s.tokens and shared[id(s)] * 2 >= len(s.tokens)]
+        candidates = [s for s in free if key is None or self.key_of.get(id(s)) in (None, key)]
+        continued = [s for s in candidates if s.tokens and _common_prefix(s.tokens, prompt) >= _last_prompt_end(s)]
         if continued:
-            return max(continued, key=lambda s: shared[id(s)])
+            return max(continued, key=lambda s: _common_prefix(s.tokens, prompt))
         empty = [s for s in free if not s.tokens]
         if empty:
             return empty[0]
@@ -412,6 +412,11 @@ def _merge_speculation(total: Any, part: Optional[GenerationStats]) -> Generatio
         total.drafted_tokens += part.drafted_tokens
         total.accepted_tokens += part.accepted_tokens
     return GenerationStats()
+
+
+def _last_prompt_end(slot: PromptCache) -> int:
+    """Where the cache's last prompt ended (its latest snapshot), or all it holds."""
+    return max((n for n, _ in slot.snapshots), default=len(slot.tokens))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -130,6 +130,8 @@ class Engine:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+                if should_stop is not None and should_stop():
+                    break  # the caller stopped: nothing more is delivered (the decode thread stops too)
         finally:
             req.cancel()
             req.released.wait()  # the decode thread is done with this request's cache

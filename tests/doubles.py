@@ -30,6 +30,7 @@ class ScriptedModel:
         self.expect: int | None = -1
         self.verify_range: tuple[int, int] | None = None
         self.generations = 0
+        self.decoded = 0  # one-token forward passes run (how far generation really went)
         self.window = window
         self.delay_s = delay_s  # per decoded token: lets a test see a stream arrive (and stop it)
 
@@ -61,6 +62,7 @@ class ScriptedModel:
             row[nxt] = 0.0
             rows.append(row)
         if T == 1:
+            self.decoded += 1
             if self.delay_s:
                 time.sleep(self.delay_s)
             self.expect = start + 1

@@ -58,8 +58,8 @@ def store(tmp_path) -> ConversationStore:
     return ConversationStore(tmp_path / "conversations.sqlite3")
 
 
-def workspace(store, replies, cache_slots=1, **kw):
-    model = ScriptedModel([E(r) for r in replies])
+def workspace(store, replies, cache_slots=1, delay_s=0.0, **kw):
+    model = ScriptedModel([E(r) for r in replies], delay_s=delay_s)
     engine = Engine(model, model_id="scripted", cache_slots=cache_slots)
     return Workspace(engine, store, temperature=0.0, python_factory=FakePython, **kw), model
 
@@ -161,7 +161,8 @@ def test_regenerate_and_edit_replace_the_last_turn(store):
 
 def test_stop_mid_answer_keeps_the_partial_answer_marked(store):
     long_answer = FINAL.format("word " * 300)
-    ws, model = workspace(store, [ANALYSIS.format("Thinking.") + long_answer])
+    # a token takes time, as with a real model: the reader sees tokens while they are generated
+    ws, model = workspace(store, [ANALYSIS.format("Thinking.") + long_answer], delay_s=0.005)
     c = store.create(current_date="2026-11-23")
     seen = 0
 
@@ -177,7 +178,7 @@ def test_stop_mid_answer_keeps_the_partial_answer_marked(store):
     last = store.get(c.id).messages[-1]
     assert last["interrupted"] and 0 < len(last["content"]) < len("word " * 300)
     assert any(isinstance(i, ReasoningDelta) for i in items)
-    assert model.j < 100  # the engine stopped generating, not just the reader
+    assert model.decoded < 100  # the engine stopped generating, not just the reader
 
 
 def test_context_full_is_a_clear_error_and_leaves_no_trace():

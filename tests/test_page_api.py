@@ -98,7 +98,7 @@ def test_stop_cancels_generation_on_the_server(tmp_path):
                     assert httpx.post(f"{url}/ui/api/conversations/{cid}/stop").json()["stopping"]
             done = seen[-1]
         assert done["type"] == "done" and done["interrupted"]
-        assert model.j < 1000  # the model stopped, not just the stream
+        assert model.decoded < 1000  # the model stopped, not just the stream
         time.sleep(0.2)
         assert srv.service.scheduler.running is None
         last = httpx.get(f"{url}/ui/api/conversations/{cid}").json()["messages"][-1]
@@ -204,6 +204,9 @@ def test_context_full_and_model_busy_are_reported(tmp_path):
                 assert r.status_code == 429 and "busy" in r.json()["error"]["message"]
                 httpx.post(f"{url}/ui/api/conversations/{a}/stop")
                 httpx.post(f"{url}/ui/api/conversations/{b}/stop")
+        deadline = time.time() + 20  # the stopped turns leave the queue and the model
+        while time.time() < deadline and (h := httpx.get(url + "/health").json())["busy"] or h["queued"]:
+            time.sleep(0.05)
         model.args.max_position_embeddings = 60
         with httpx.stream("POST", f"{url}/ui/api/conversations/{c}/turn", json={"text": "z"}, timeout=60) as r:
             evs = events(r)
