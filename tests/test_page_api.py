@@ -205,7 +205,10 @@ def test_context_full_and_model_busy_are_reported(tmp_path):
                 httpx.post(f"{url}/ui/api/conversations/{a}/stop")
                 httpx.post(f"{url}/ui/api/conversations/{b}/stop")
         deadline = time.time() + 20  # the stopped turns leave the queue and the model
-        while time.time() < deadline and (h := httpx.get(url + "/health").json())["busy"] or h["queued"]:
+        while time.time() < deadline:
+            h = httpx.get(url + "/health").json()
+            if not h["busy"] and not h["queued"]:
+                break
             time.sleep(0.05)
         model.args.max_position_embeddings = 60
         with httpx.stream("POST", f"{url}/ui/api/conversations/{c}/turn", json={"text": "z"}, timeout=60) as r:
