@@ -14,10 +14,12 @@ position of slack) and re-fed by the batch step; draft tokens it already verifie
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -116,6 +118,7 @@ class DecodeLoop:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="gptoss-decode", daemon=True)
                 self._thread.start()
+                _LIVE.add(self)
             self._cv.notify()
 
     @property
@@ -134,6 +137,15 @@ class DecodeLoop:
     # -- the decode thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            # MLX streams belong to the thread that made them: destroy them here, not at interpreter
+            # exit (a stream of a finished thread destroyed then aborts the process)
+            mx.synchronize()
+            mx.clear_streams()
+
+    def _serve(self) -> None:
         while True:
             with self._cv:
                 while not self._closed and not self.waiting and not self.active:
@@ -403,6 +415,16 @@ class DecodeLoop:
         r.put(END)
         with self._cv:
             self._cv.notify()
+
+
+_LIVE: "weakref.WeakSet[DecodeLoop]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_loops() -> None:
+    """End every decode thread before the interpreter goes (see `_run`)."""
+    for loop in list(_LIVE):
+        loop.close()
 
 
 def _merge_speculation(total: Any, part: Optional[GenerationStats]) -> GenerationStats:
