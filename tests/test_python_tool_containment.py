@@ -10,6 +10,7 @@ containment cannot hurt the machine.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -412,3 +413,41 @@ def test_code_cannot_raise_its_limits_back(tool):
             print('refused', soft == hard)
     """))
     assert out.text.strip() == "refused True"
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_doctor_says_the_containment_in_words():
+    out = subprocess.run([sys.executable, "-m", "gptoss_metal.cli.main", "doctor"], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, COLUMNS="200"))
+    row = out.stdout[out.stdout.index("python tool"):]
+    for word in ("files:", "network:", "processes:", "limits:"):
+        assert word in row
+    assert "{'" not in out.stdout and "'abi'" not in out.stdout
+
+
+def test_chat_passes_opt_in_read_paths_to_the_tool(tiny_runtime, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    shared = tmp_path / "shared-data"
+    shared.mkdir()
+    env = dict(os.environ, GPTOSS_CACHE_DIR=str(tmp_path / "cache"), COLUMNS="250", TERM="xterm")
+    child = pexpect.spawn(sys.executable, ["-m", "gptoss_metal.cli.main", "chat", str(tiny_runtime), "--python-tool",
+                                           "--python-tool-read", str(shared)],
+                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 250))
+    try:
+        child.expect(">>> ")
+        child.sendline("/tools")
+        child.expect("tools: python")
+        child.expect(r"python files: .*reads \(no writes\) " + re.escape(str(shared)))
+        child.expect(">>> ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    out = subprocess.run([sys.executable, "-m", "gptoss_metal.cli.main", "chat", str(tiny_runtime),
+                          "--python-tool-read", str(shared)], capture_output=True, text=True)
+    assert out.returncode == 2 and "needs --python-tool" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "gptoss_metal.cli.main", "chat", str(tiny_runtime), "--python-tool",
+                          "--python-tool-read", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert out.returncode == 2 and "does not exist" in out.stderr
