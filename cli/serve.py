@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
+from gptoss_metal.server.auth import exposure_warning
+from gptoss_metal.server.limits import DEFAULT_MAX_BODY_BYTES
+
 from .errors import handle_user_errors
 from .generate import DTYPES
 
@@ -24,9 +27,11 @@ err = Console(stderr=True, highlight=False)
 @click.option("--max-tokens", type=click.IntRange(1), default=4096, show_default=True,
               help="Default completion limit when a request sets none.")
 @click.option("--dtype", type=DTYPES, default="bfloat16", show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(1024), envvar="GPTOSS_MAX_BODY_BYTES",
+              default=DEFAULT_MAX_BODY_BYTES, show_default=True, help="Larger request bodies get 413.")
 @handle_user_errors
 def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_id: str | None,
-              alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str) -> None:
+              alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str, max_body_bytes: int) -> None:
     """Serve MODEL_PATH at http://HOST:PORT/v1 (chat completions and responses)."""
     import uvicorn
 
@@ -37,10 +42,12 @@ def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_
     with err.status("loading model..."):
         engine = Engine.load(model_path, dtype=dtype, model_id=model_id)
     service = OpenAIService(engine, aliases=alias, max_queue=max_queue, default_max_tokens=max_tokens)
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        err.print("[yellow]warning:[/] listening beyond this machine without --api-key")
+    warning = exposure_warning(host, api_key)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}")
     err.print(f"serving [bold]{service.model_id}[/] at http://{host}:{port}/v1")
-    uvicorn.run(create_app(service, api_key=api_key), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(service, api_key=api_key, max_body_bytes=max_body_bytes), host=host, port=port,
+                log_level="warning")
 
 
 def register(group: click.Group) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -11,7 +10,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .api_models import APIError, ChatCompletionRequest, ResponsesRequest
+from .auth import bearer_token, key_matches
+from .limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from .openai_api import OpenAIService
+from .request_checks import check_chat, check_responses
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -28,16 +30,16 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
     return JSONResponse(APIError(status, message, type=type_, code=code, param=param).body(), status_code=status)
 
 
-def create_app(service: OpenAIService, api_key: Optional[str] = None) -> FastAPI:
+def create_app(service: OpenAIService, api_key: Optional[str] = None, *,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     app = FastAPI(title="gptoss-metal", docs_url=None, redoc_url=None)
     app.state.service = service
+    context = service.engine.model.args.max_position_embeddings
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
         if api_key is not None and request.url.path.startswith("/v1"):
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), api_key):
+            if not key_matches(bearer_token(request.headers.get("authorization", "")), api_key):
                 return _error(401, "Incorrect or missing API key (send `Authorization: Bearer <key>`).",
                               code="invalid_api_key")
         return await call_next(request)
@@ -77,6 +79,7 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None) -> FastAPI
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
+        check_chat(body, context)
         if not body.stream:
             return await service.chat(body, request.is_disconnected)
         gen = service.chat_generation(body)
@@ -86,6 +89,7 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None) -> FastAPI
 
     @app.post("/v1/responses")
     async def responses(body: ResponsesRequest, request: Request):
+        check_responses(body, context, service.responses)
         if not body.stream:
             return await service.respond(body, request.is_disconnected)
         gen = service.responses_generation(body)
@@ -93,4 +97,5 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None) -> FastAPI
         return StreamingResponse(service.respond_stream(body, gen, job, _streaming_disconnect_check),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
 
+    app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # outermost: before anything reads a body
     return app
