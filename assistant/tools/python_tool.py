@@ -191,16 +191,17 @@ class PythonTool:
         """The next JSON line from the interpreter; None on timeout, {"eof": True} when it is gone.
 
         Reads the raw fd with its own buffer: a buffered reader could hold a second line that
-        select() would then never report.
+        poll() would then never report. (poll, not select: a server's fds can exceed FD_SETSIZE.)
         """
         deadline = time.monotonic() + timeout
         fd = self._resp
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self._resp_buf:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
+            if poller.poll(left * 1000):
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
                     return {"eof": True}
@@ -238,7 +239,9 @@ class PythonTool:
             proc.wait()
             if self._init_pidfd is not None:
                 # readable once init has exited, which happens after the kernel killed its namespace
-                select.select([self._init_pidfd], [], [], 10.0)
+                poller = select.poll()
+                poller.register(self._init_pidfd, select.POLLIN)
+                poller.poll(10_000)
                 os.close(self._init_pidfd)
                 self._init_pidfd = self.init_pid = None
         if self._req is not None:

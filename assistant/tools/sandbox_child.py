@@ -116,6 +116,9 @@ def supervise(init_pid, lifeline_fd, resp_fd):
     if code > 128:  # init reports a signal death of the interpreter as 128 + signal: die the same way
         try:
             signal.signal(code - 128, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # SIGKILL and SIGSTOP keep their default anyway
+        try:
             os.kill(os.getpid(), code - 128)
         except (OSError, ValueError):
             pass
