@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gptoss_metal.assistant.tools.python_tool import PythonTool, PythonToolLimits
+from gptoss_metal.assistant.tools.python_tool import PythonTool, PythonToolLimits, remove_stale_folders
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux containment (macOS: see test_sandbox_profile.py)")
 
@@ -240,7 +240,7 @@ import sys
 sys.path[:0] = {paths!r}
 from gptoss_metal.assistant.tools.python_tool import PythonTool
 t = PythonTool(namespaces={ns})
-t.run("0")
+t.run("open('scratch.txt', 'w').write('x')")
 print(t.work_dir, flush=True)
 t.run("import subprocess\\nsubprocess.Popen(['sleep', '{tag}'])\\nwhile True: pass")
 """
@@ -262,6 +262,11 @@ def test_everything_dies_when_the_program_using_the_tool_is_killed(namespaces):
         prog.wait()
         assert eventually_empty(lambda: marked(f"sleep\0{tag}")) == []
         assert eventually_empty(lambda: marked(work)) == []
+        if namespaces:  # the supervisor, outside the sandbox, also removed the tool's folder
+            assert eventually_empty(lambda: [work] if os.path.exists(work) else []) == []
+        else:  # the interpreter could only empty it; the next tool started removes it
+            assert eventually_empty(lambda: os.listdir(work)) == []
+            assert Path(work).parent in remove_stale_folders() and not os.path.exists(work)
     finally:
         if prog.poll() is None:
             prog.kill()

@@ -45,6 +45,24 @@ KEPT_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
               "NUMEXPR_MAX_THREADS")
 START_TIMEOUT_S = 30.0
+FOLDER_PREFIX = "gptoss-python-"  # then the owning process's pid: folders of dead owners are removed
+
+
+def remove_stale_folders() -> list[Path]:
+    """Remove tool folders whose program died without cleaning up (killed, or the machine lost power)."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        try:
+            pid = int(folder.name[len(FOLDER_PREFIX):].split("-", 1)[0])
+            if folder.stat().st_uid != os.getuid() or pid == os.getpid():
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except (ValueError, OSError):
+            continue  # not ours, or its owner is alive (or not ours to signal)
+    return removed
 
 
 @dataclass
@@ -128,7 +146,8 @@ class PythonTool:
 
     def _start(self) -> None:
         self.containment = {}
-        self._root = Path(tempfile.mkdtemp(prefix="gptoss-python-"))
+        remove_stale_folders()
+        self._root = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         work, io_dir = self._root / "work", self._root / "io"
         work.mkdir()
         io_dir.mkdir()

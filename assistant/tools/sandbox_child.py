@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import select
+import shutil
 import signal
 import sys
 import threading
@@ -92,8 +93,9 @@ def landlock(cfg, private_proc):
                                         full=[cfg["work_dir"], cfg["io_dir"]], read_write_files=["/dev/null"])
 
 
-def supervise(init_pid, lifeline_fd, resp_fd):
-    """The supervisor: tell the parent who init is, then wait for it; kill it if the parent goes away."""
+def supervise(init_pid, lifeline_fd, resp_fd, root):
+    """The supervisor: tell the parent who init is, then wait for it; if the parent goes away, kill
+    init (and with it the namespace) and remove the tool's folder, which the parent no longer can."""
     os.write(resp_fd, (json.dumps({"init_pid": init_pid}) + "\n").encode())
     os.close(resp_fd)
     poller = select.poll()
@@ -108,6 +110,7 @@ def supervise(init_pid, lifeline_fd, resp_fd):
         if any(fd == lifeline_fd for fd, _ in ready):  # the parent is gone or closed the tool: end it all
             os.kill(init_pid, signal.SIGKILL)
             os.waitpid(init_pid, 0)
+            shutil.rmtree(root, ignore_errors=True)
             os._exit(0)
         pid, status = os.waitpid(init_pid, os.WNOHANG)
         if pid:
@@ -186,15 +189,27 @@ def reap(wait_s=0.0):
             time.sleep(0.002)
 
 
-def watch_lifeline(fd):
-    """Without a pid namespace: if the parent's request pipe closes while code runs, end the group."""
+def watch_lifeline(fd, folders):
+    """Without a pid namespace: if the parent's request pipe closes while code runs, empty the tool's
+    folders (Landlock lets it remove their contents, not the folders) and end the process group."""
     def watch():
         poller = select.poll()
         poller.register(fd, 0)
         poller.poll()
+        for folder in folders:
+            for name in os.listdir(folder):
+                path = os.path.join(folder, name)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 # -- the interpreter loop -------------------------------------------------------------------------
@@ -305,12 +320,12 @@ def main():
             os.close(alive_w)
             init_process(cfg, status, alive_r)
         os.close(alive_r)
-        supervise(init_pid, cfg["req_fd"], cfg["resp_fd"])
+        supervise(init_pid, cfg["req_fd"], cfg["resp_fd"], os.path.dirname(cfg["work_dir"]))
     if LINUX:
         status["subreaper"] = sandbox_linux.prctl(sandbox_linux.PR_SET_CHILD_SUBREAPER, 1)
         if cfg.get("landlock", True):
             status["landlock"] = landlock(cfg, private_proc=False)
-        watch_lifeline(cfg["req_fd"])
+        watch_lifeline(cfg["req_fd"], [cfg["work_dir"], cfg["io_dir"]])
     serve(cfg, status, sweep_namespace_after_calls=False)
 
 
