@@ -137,8 +137,11 @@ class ChatSession:
         self.effort = reasoning_effort(effort)
 
     def reset(self) -> None:
+        """Forget the conversation; the python tool's interpreter (state, processes) starts over too."""
         self.messages = []
         self.last_turn = None
+        if self.python is not None:
+            self.python.reset()
 
     def tool_names(self) -> list[str]:
         return (["python"] if self.python else []) + list(self.functions.tools)

@@ -114,6 +114,9 @@ class TerminalChat:
         elif name == "tools":
             names = s.tool_names()
             self.console.print("tools: " + (", ".join(names) if names else "(none; start with --python-tool)"))
+            if s.python is not None:
+                for line in s.python.describe():
+                    self.console.print(f"  python {escape(line)}")
         elif name == "stats":
             self.print_stats()
         else:
@@ -206,25 +209,32 @@ class TerminalChat:
 @click.option("--hide-reasoning", is_flag=True, help="Do not show the model's reasoning.")
 @click.option("--python-tool", is_flag=True,
               help="Let the model run Python in a contained, stateful interpreter: own temp folder, "
-                   "time/CPU/memory/output limits, no network and no writes outside its folder where the "
-                   "OS allows (Linux Landlock + namespaces, macOS sandbox-exec). It CAN read files your "
-                   "user can read.")
+                   "time/CPU/memory/process/output limits, no network, no reading your home folder and no "
+                   "writes outside its folder where the OS allows (Linux Landlock + namespaces, macOS "
+                   "sandbox-exec). `gptoss doctor` says what applies here.")
+@click.option("--python-tool-read", "python_tool_read", multiple=True, type=click.Path(exists=True),
+              help="A file or folder the python tool may also read (never write); repeatable.")
 @click.option("--system", default=None, help="Instructions for the model.")
 @click.option("--dtype", type=DTYPES, default="bfloat16", show_default=True)
 @sampling_options
 @handle_user_errors
-def chat_cmd(model_path: str, effort: str, hide_reasoning: bool, python_tool: bool, system: str | None,
-             dtype: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
-             no_speculate: bool) -> None:
+def chat_cmd(model_path: str, effort: str, hide_reasoning: bool, python_tool: bool, python_tool_read: tuple[str, ...],
+             system: str | None, dtype: str, max_tokens: int, temperature: float, top_p: float,
+             seed: int | None, no_speculate: bool) -> None:
     """Chat with the converted model at MODEL_PATH in the terminal."""
     from gptoss_metal.harmony_io import today
     from gptoss_metal.assistant import Engine
     from gptoss_metal.assistant.session import ChatSession
+    from gptoss_metal.assistant.tools.python_tool import PythonTool
+
+    if python_tool_read and not python_tool:
+        raise click.UsageError("--python-tool-read needs --python-tool")
 
     console = Console(highlight=False)
     with console.status("loading model..."):
         engine = Engine.load(model_path, dtype=dtype, speculate=not no_speculate)
-    session = ChatSession(engine, system=system, effort=effort, python_tool=python_tool, temperature=temperature,
+    tool = PythonTool(read_paths=python_tool_read) if python_tool else False
+    session = ChatSession(engine, system=system, effort=effort, python_tool=tool, temperature=temperature,
                           top_p=top_p, max_tokens=max_tokens, seed=seed, current_date=today())
     TerminalChat(session, console, show_reasoning=not hide_reasoning).loop()
 

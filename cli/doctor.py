@@ -6,6 +6,7 @@ import json
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import handle_user_errors
@@ -50,11 +51,13 @@ def doctor_cmd(model_path: str | None, as_json: bool, retime: bool) -> None:
         from gptoss_metal.assistant.tools.python_tool import PythonTool
 
         tool = PythonTool()
-        tool.run("0")
-        info["python_tool_containment"] = tool.containment
-        tool.close()
+        try:
+            info["python_tool"] = tool.describe()  # starts the interpreter: what applies is what it reports
+            info["python_tool_containment"] = tool.containment
+        finally:
+            tool.close()
     except Exception as e:  # noqa: BLE001 - diagnostics must not die on an optional feature
-        info["python_tool_containment"] = f"unavailable: {e}"
+        info["python_tool"] = [f"unavailable: {e}"]
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
@@ -71,7 +74,7 @@ def doctor_cmd(model_path: str | None, as_json: bool, retime: bool) -> None:
         verdict = {True: "[green]fits[/]", False: "[red]too large for comfortable use[/]", None: ""}[m["fits"]]
         t.add_row("model", f"{m['path']} ({m['layout']}): {_gb(m['tensor_bytes'])} {verdict}; "
                            f"{m['bytes_per_decoded_token'] / 1e9:.2f} GB read per decoded token")
-    t.add_row("python tool", str(info["python_tool_containment"]))
+    t.add_row("python tool", "\n".join(escape(line) for line in info["python_tool"]))
     Console().print(t)
 
 

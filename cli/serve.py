@@ -12,6 +12,9 @@ from typing import Callable, Optional
 import click
 from rich.console import Console
 
+from gptoss_metal.server.auth import exposure_warning
+from gptoss_metal.server.limits import DEFAULT_MAX_BODY_BYTES
+
 from .errors import handle_user_errors
 from .generate import DTYPES
 
@@ -52,6 +55,8 @@ def server_options(fn: Callable) -> Callable:
                      help="Requests decoded together in one batched forward pass (more wait in the queue)."),
         click.option("--kv-budget-gb", type=click.FloatRange(0.1), default=None,
                      help="KV-cache memory all conversations may hold together [default: a quarter of RAM]."),
+        click.option("--max-body-bytes", type=click.IntRange(1024), envvar="GPTOSS_MAX_BODY_BYTES",
+                     default=DEFAULT_MAX_BODY_BYTES, show_default=True, help="Larger request bodies get 413."),
         click.option("--no-speculate", "no_speculate", is_flag=True,
                      help="Turn off prompt-lookup speculative decoding by default (requests may still set "
                           "`speculate`)."),
@@ -80,7 +85,8 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
                alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str, data_dir: Optional[Path],
                cache_slots: int, allow_host: tuple[str, ...], allow_origin: tuple[str, ...],
                page_temperature: float, open_browser: bool, max_sequences: int = 4,
-               kv_budget_gb: Optional[float] = None, no_speculate: bool = False) -> None:
+               kv_budget_gb: Optional[float] = None, no_speculate: bool = False,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     import uvicorn
 
     from gptoss_metal.assistant import Engine
@@ -99,9 +105,10 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
                              max_sequences=max_sequences, kv_budget_bytes=budget, speculate=not no_speculate)
     server = assemble(engine, data_dir=data_dir, api_key=api_key, bind=host, allow_hosts=allow_host,
                       allow_origins=allow_origin, aliases=alias, max_queue=max_queue, max_tokens=max_tokens,
-                      page_temperature=page_temperature)
-    if host not in LOOPBACK and api_key is None:
-        err.print("[yellow]warning:[/] listening beyond this machine without --api-key")
+                      page_temperature=page_temperature, max_body_bytes=max_body_bytes)
+    warning = exposure_warning(host, api_key)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}")
     if "*" in allow_origin:
         err.print("[yellow]warning:[/] --allow-origin '*': any web page you visit can use this server")
     uv = uvicorn.Server(uvicorn.Config(server.app, host=host, port=port, log_level="warning"))

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConversionError
-from gptoss_metal.architecture import Architecture
+from gptoss_metal.architecture import Architecture, affine_experts, foreign_model_type, foreign_weights
 
 from .layouts import (
+    RUNTIME,
     Expected,
     arch_for_layout,
     detect_layout,
@@ -58,9 +59,19 @@ def open_checkpoint(path: Path) -> Checkpoint:
     directory = checkpoint_folder(Path(path))
     if not directory.is_dir():
         raise ConversionError(f"{directory}: no such folder")
+    if not any(directory.glob("*.safetensors")):
+        problem = foreign_weights(directory)  # a GGUF or PyTorch download, said as such
+        if problem:
+            raise ConversionError(problem)
     cfg = read_config(directory)
+    problem = foreign_model_type(cfg, str(directory / "config.json"))
+    if problem:
+        raise ConversionError(problem)
     tensors = collect_tensors(directory)
     layout = detect_layout(set(tensors))
+    problem = affine_experts(tensors) if layout == RUNTIME else None
+    if problem:
+        raise ConversionError(f"{directory}: {problem}")
     if layout is None:
         raise ConversionError(
             f"{directory}: unrecognised checkpoint layout (expected OpenAI original/, Hugging Face "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from gptoss_metal.architecture import describe_weights_file
+
 from .errors import ConversionError
 
 HF_ALLOW_PATTERNS = [
@@ -64,7 +66,7 @@ def resolve_source(src: str | Path, *, revision: str | None = None, cache_dir: s
     path = Path(src).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ConversionError(f"{path}: expected a checkpoint folder, got a file")
+            raise ConversionError(describe_weights_file(path) or f"{path}: expected a checkpoint folder, got a file")
         return path
     if isinstance(src, str) and looks_like_repo_id(src):
         return download(src, revision=revision, cache_dir=cache_dir)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from gptoss_metal.architecture import CheckpointFolderError, check_weight_files
+
 from .errors import ConversionError
 
 DTYPE_SIZES: dict[str, int] = {
@@ -179,6 +181,10 @@ def collect_tensors(directory: Path) -> dict[str, StoredTensor]:
         files = sorted(p.name for p in directory.glob("*.safetensors"))
     if not files:
         raise ConversionError(f"{directory}: no .safetensors files found")
+    try:
+        check_weight_files(directory, files, from_index=weight_map is not None)
+    except CheckpointFolderError as e:
+        raise ConversionError(str(e)) from None
     tensors: dict[str, StoredTensor] = {}
     for fname in files:
         sf = SafetensorsFile(directory / fname)

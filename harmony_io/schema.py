@@ -22,6 +22,10 @@ from typing import Any
 
 from .errors import HarmonyIOError
 
+# A schema's size once its $refs are inlined: `$defs` referring to each other twice per level expand
+# exponentially (40 levels: 2**40 nodes), so flattening counts what it builds and stops early.
+MAX_SCHEMA_NODES = 10_000
+
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null",
                list: "array", dict: "object"}
 
@@ -37,6 +41,7 @@ def _append_description(schema: dict, note: str) -> None:
 
 class _Flattener:
     def __init__(self, root: dict):
+        self.nodes = 0
         self.defs: dict[str, Any] = {}
         for key in ("$defs", "definitions"):
             defs = root.get(key)
@@ -49,6 +54,9 @@ class _Flattener:
             return {} if schema else {"description": "(never valid)"}
         if not isinstance(schema, dict):
             return schema
+        self.nodes += 1
+        if self.nodes > MAX_SCHEMA_NODES:
+            raise HarmonyIOError(f"tool schema: more than {MAX_SCHEMA_NODES} nodes once its $refs are resolved")
         s = {k: v for k, v in schema.items() if k not in ("$defs", "definitions")}
         if "$ref" in s:
             ref = s.pop("$ref")
@@ -122,7 +130,10 @@ def flatten_schema(schema: Any) -> dict:
         return {"type": "object", "properties": {}}
     if not isinstance(schema, dict):
         raise HarmonyIOError(f"tool schema must be a JSON object, got {type(schema).__name__}")
-    out = _Flattener(schema)(copy.deepcopy(schema))
+    try:
+        out = _Flattener(schema)(copy.deepcopy(schema))
+    except RecursionError:
+        raise HarmonyIOError("tool schema: nested too deeply") from None
     if out.get("type") not in (None, "object"):
         raise HarmonyIOError(f"tool parameters must be an object schema, got type {out.get('type')!r}")
     out.setdefault("type", "object")

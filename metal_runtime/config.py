@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gptoss_metal.architecture import Architecture, ArchitectureError, quantization_overrides
+from gptoss_metal.architecture import Architecture, ArchitectureError, foreign_model_type, quantization_overrides
 
 from .errors import ModelLoadError
 
@@ -25,6 +25,9 @@ def read_config(directory: Path) -> dict[str, Any]:
 
 
 def architecture_from_config(cfg: dict[str, Any], where: str = "config.json") -> Architecture:
+    problem = foreign_model_type(cfg, where)
+    if problem:
+        raise ModelLoadError(problem)
     try:
         arch = Architecture.from_hf_config(cfg)
         arch.validate()

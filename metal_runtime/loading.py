@@ -10,6 +10,8 @@ from typing import Optional, Union
 import mlx.core as mx
 import mlx.nn as nn
 
+from gptoss_metal.architecture import CheckpointFolderError, affine_experts, check_weight_files, foreign_weights
+
 from .config import read_model_config
 from .errors import ModelLoadError
 from .expert_paths import ExpertPath, choose_expert_path
@@ -26,13 +28,17 @@ def _read_weights(directory: Path) -> dict[str, mx.array]:
     if index.exists():
         try:
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
             raise ModelLoadError(f"{index}: corrupt index ({e})") from None
-        paths = [directory / f for f in files]
     else:
-        paths = [Path(p) for p in sorted(glob.glob(str(directory / "*.safetensors")))]
-    if not paths:
-        raise ModelLoadError(f"{directory}: no .safetensors files")
+        files = [Path(p).name for p in sorted(glob.glob(str(directory / "*.safetensors")))]
+    if not files:
+        raise ModelLoadError(foreign_weights(directory) or f"{directory}: no .safetensors files")
+    try:
+        check_weight_files(directory, files, from_index=index.exists())
+    except CheckpointFolderError as e:
+        raise ModelLoadError(str(e)) from None
+    paths = [directory / f for f in files]
     weights: dict[str, mx.array] = {}
     for p in paths:
         try:
@@ -48,13 +54,9 @@ def _check_layout(directory: Path, weights: dict[str, mx.array]) -> None:
         raise ModelLoadError(
             f"{directory} is an unconverted checkpoint; run `gptoss convert {directory} DST` once, then load DST"
         )
-    requantized = sorted(n for n in names if ".mlp.experts." in n and n.endswith(".biases"))
-    if requantized:
-        raise ModelLoadError(
-            f"{directory}: its experts were re-quantized with affine quantization ({requantized[0]}); gptoss runs "
-            "gpt-oss's original MXFP4 experts. Convert from openai/gpt-oss-20b (or an MXFP4 MLX build such as "
-            "*-MXFP4-Q8) instead."
-        )
+    problem = affine_experts(names)
+    if problem:
+        raise ModelLoadError(f"{directory}: {problem}")
 
 
 def _quant_params(path: str, module: nn.Module, weights: dict[str, mx.array], overrides: dict[str, dict]):
@@ -96,6 +98,10 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r} (choose bfloat16 or float32)")
     target = DTYPES[dtype]
+    if not any(directory.glob("*.safetensors")):
+        problem = foreign_weights(directory)  # a GGUF or PyTorch download: say so before asking for config.json
+        if problem:
+            raise ModelLoadError(problem)
     args, overrides = read_model_config(directory)
     weights = _read_weights(directory)
     _check_layout(directory, weights)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING, Optional
 
 from fastapi import FastAPI, Request
@@ -11,7 +10,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .api_models import APIError, ChatCompletionRequest, ResponsesRequest
+from .auth import bearer_token, key_matches
+from .limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from .openai_api import OpenAIService
+from .request_checks import check_chat, check_responses
 from .security import GuardConfig, LocalServerGuard
 
 if TYPE_CHECKING:
@@ -33,17 +35,17 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
 
 
 def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: Optional["PageService"] = None,
-               guard: Optional[GuardConfig] = None) -> FastAPI:
-    """The API, and the chat page when `page` is given, behind the localhost guard (security.py)."""
+               guard: Optional[GuardConfig] = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The API, and the chat page when `page` is given, behind the localhost guard (security.py) and the
+    request limits (limits.py)."""
     app = FastAPI(title="gptoss-metal", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
+    context = service.engine.model.args.max_position_embeddings
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
         if api_key is not None and request.url.path.startswith(("/v1", "/ui/api")):
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), api_key):
+            if not key_matches(bearer_token(request.headers.get("authorization", "")), api_key):
                 return _error(401, "Incorrect or missing API key (send `Authorization: Bearer <key>`).",
                               code="invalid_api_key")
         return await call_next(request)
@@ -83,6 +85,7 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: O
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
+        check_chat(body, context)
         if not body.stream:
             return await service.chat(body, request.is_disconnected)
         gen = service.chat_generation(body)
@@ -92,6 +95,7 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: O
 
     @app.post("/v1/responses")
     async def responses(body: ResponsesRequest, request: Request):
+        check_responses(body, context, service.responses)
         if not body.stream:
             return await service.respond(body, request.is_disconnected)
         gen = service.responses_generation(body)
@@ -103,5 +107,6 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: O
         from .page_routes import add_page
 
         add_page(app, page)
+    app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before anything reads a body
     app.add_middleware(LocalServerGuard, config=guard or GuardConfig())  # added last: runs first
     return app

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from gptoss_metal.assistant import ConversationStore, Engine, Workspace, user_data_dir
 
 from .app import create_app
+from .limits import DEFAULT_MAX_BODY_BYTES
 from .openai_api import OpenAIService
 from .page_api import PageService
 from .security import GuardConfig
@@ -37,7 +38,8 @@ class LocalServer:
 def assemble(engine: Engine, *, data_dir: Optional[Path] = None, api_key: Optional[str] = None,
              bind: str = "127.0.0.1", allow_hosts: Iterable[str] = (), allow_origins: Iterable[str] = (),
              aliases: tuple[str, ...] = (), max_queue: int = 64, max_tokens: int = 4096,
-             page_temperature: float = 1.0, current_date: Optional[str] = None) -> LocalServer:
+             page_temperature: float = 1.0, current_date: Optional[str] = None,
+             max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> LocalServer:
     database = Path(data_dir or user_data_dir()) / DB_NAME
     store = ConversationStore(database)
     service = OpenAIService(engine, aliases=aliases, max_queue=max_queue, default_max_tokens=max_tokens,
@@ -45,5 +47,5 @@ def assemble(engine: Engine, *, data_dir: Optional[Path] = None, api_key: Option
     workspace = Workspace(engine, store, max_tokens=max_tokens, temperature=page_temperature)
     page = PageService(workspace, service.scheduler, model_id=service.model_id)
     guard = GuardConfig(bind=bind, allowed_hosts=allow_hosts, allowed_origins=allow_origins)
-    app = create_app(service, api_key=api_key, page=page, guard=guard)
+    app = create_app(service, api_key=api_key, page=page, guard=guard, max_body_bytes=max_body_bytes)
     return LocalServer(app, service, page, workspace, database)

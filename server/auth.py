@@ -1,0 +1,47 @@
+"""API keys: checking one in constant time, and warning when a server is open without one."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from typing import Optional
+
+
+def _digest(text: str) -> bytes:
+    # surrogateescape: a header decoded from arbitrary bytes still hashes; it just never matches
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+
+
+def key_matches(presented: Optional[str], expected: str) -> bool:
+    """Whether the client's key is the server's, in time independent of both.
+
+    Both sides are hashed first, so `compare_digest` always compares 32 bytes: the time taken
+    reveals neither where the keys differ nor the key's length, and no input (non-ASCII, empty)
+    can make the comparison raise.
+    """
+    return hmac.compare_digest(_digest(presented or ""), _digest(expected))
+
+
+def bearer_token(authorization: str) -> Optional[str]:
+    """The token of an `Authorization: Bearer TOKEN` header, else None."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def exposure_warning(host: str, api_key: Optional[str]) -> Optional[str]:
+    """A warning when the server listens beyond this machine without an API key, else None."""
+    if api_key or is_loopback(host):
+        return None
+    where = "all network interfaces" if host in ("0.0.0.0", "::", "") else host
+    return (f"listening on {where} without --api-key: anyone who can reach this machine can use the model "
+            "(set --api-key or GPTOSS_API_KEY)")

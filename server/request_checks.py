@@ -1,0 +1,91 @@
+"""Checks of a parsed request that OpenAI's API makes and the request models alone cannot.
+
+- Parameters: an unknown one is refused like OpenAI refuses it ("Unrecognized request argument
+  supplied"); OpenAI parameters this server has no use for are accepted when they ask for nothing
+  (their default, or null), and refused by name otherwise -- silently ignoring `functions` or a
+  non-zero `presence_penalty` would answer a different question than the one asked.
+- Completion limits beyond the model's context are refused instead of silently shortened.
+- A tool result must answer a call that was made: a `tool_call_id` (Chat) or `call_id` (Responses)
+  that no earlier assistant message or stored response issued is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from .api_models import APIError, ChatCompletionRequest, ResponsesRequest
+
+ANY = object()  # accepted with any value (it changes nothing here)
+
+CHAT_OTHER_PARAMETERS: dict[str, Any] = {
+    "user": ANY, "metadata": ANY, "store": ANY, "service_tier": ANY, "prompt_cache_key": ANY,
+    "safety_identifier": ANY, "verbosity": ANY,
+    "frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "top_logprobs": 0, "modalities": ["text"],
+    "audio": None, "prediction": None, "web_search_options": None, "functions": None, "function_call": None,
+}
+RESPONSES_OTHER_PARAMETERS: dict[str, Any] = {
+    "user": ANY, "service_tier": ANY, "prompt_cache_key": ANY, "safety_identifier": ANY, "include": ANY,
+    "stream_options": ANY, "max_tool_calls": ANY,
+    "truncation": "disabled", "top_logprobs": 0, "background": False, "conversation": None, "prompt": None,
+}
+
+
+def _check_parameters(extra: Optional[dict[str, Any]], known: dict[str, Any]) -> None:
+    for name, value in (extra or {}).items():
+        if name not in known:
+            raise APIError(400, f"Unrecognized request argument supplied: {name}", code="unknown_parameter", param=name)
+        allowed = known[name]
+        if allowed is not ANY and value is not None and value != allowed:
+            raise APIError(400, f"{name} is not supported by this server (only its default, {allowed!r})",
+                           code="unsupported_parameter", param=name)
+
+
+def _check_limit(name: str, value: Optional[int], context: int) -> None:
+    if value is not None and value > context:
+        raise APIError(400, f"{name} is too large: {value}. This model's context holds {context} tokens "
+                       "(prompt and completion together).", code="invalid_value", param=name)
+
+
+def _issued_ids(messages: list[Any]) -> set[str]:
+    ids = set()
+    for msg in messages:
+        if isinstance(msg, dict) and msg.get("role") == "assistant":
+            for call in msg.get("tool_calls") or []:
+                if isinstance(call, dict) and isinstance(call.get("id"), str):
+                    ids.add(call["id"])
+    return ids
+
+
+def check_chat(req: ChatCompletionRequest, context: int) -> None:
+    _check_parameters(req.model_extra, CHAT_OTHER_PARAMETERS)
+    _check_limit("max_tokens", req.max_tokens, context)
+    _check_limit("max_completion_tokens", req.max_completion_tokens, context)
+    for i, msg in enumerate(req.messages):
+        call_id = msg.get("tool_call_id")
+        if msg.get("role") == "tool" and isinstance(call_id, str) and call_id not in _issued_ids(req.messages[:i]):
+            raise APIError(400, f"messages[{i}]: tool_call_id {call_id!r} answers no tool call of an earlier assistant "
+                           "message: a message with role 'tool' must respond to a preceding message with 'tool_calls'.",
+                           param=f"messages.[{i}].tool_call_id")
+
+
+def check_responses(req: ResponsesRequest, context: int, stored_responses: Mapping[str, list[dict[str, Any]]]) -> None:
+    """`stored_responses`: conversations by response id (for the calls `previous_response_id` made)."""
+    _check_parameters(req.model_extra, RESPONSES_OTHER_PARAMETERS)
+    _check_limit("max_output_tokens", req.max_output_tokens, context)
+    stored: list[dict[str, Any]] = []
+    if req.previous_response_id is not None:
+        if req.previous_response_id not in stored_responses:
+            return  # the service answers that with its 404
+        stored = stored_responses[req.previous_response_id]
+    if isinstance(req.input, str):
+        return
+    issued = _issued_ids(stored)
+    for i, item in enumerate(req.input):
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call" and isinstance(item.get("call_id"), str):
+            issued.add(item["call_id"])
+        elif item.get("type") == "function_call_output" and isinstance(item.get("call_id"), str) \
+                and item["call_id"] not in issued:
+            raise APIError(400, f"No tool call found for function call output with call_id {item['call_id']}.",
+                           param=f"input.[{i}].call_id")
