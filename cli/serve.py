@@ -19,7 +19,6 @@ from .errors import handle_user_errors
 from .generate import DTYPES
 
 err = Console(stderr=True, highlight=False)
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def server_options(fn: Callable) -> Callable:
