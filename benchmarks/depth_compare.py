@@ -37,17 +37,17 @@ def backend() -> str:
     return "metal" if mx.metal.is_available() else "cuda"
 
 
-def ensure_checkpoint(workdir: Path, layers: int, vocab: int, preset: str = "20b") -> Path:
+def ensure_checkpoint(workdir: Path, layers: int, vocab: int, preset: str = "20b", seed: int = 0) -> Path:
     """A `preset`-width checkpoint with `layers` layers and `vocab` entries (built once in `workdir`)."""
     from gptoss_metal.converters import PRESETS, convert, synth
 
     workdir.mkdir(parents=True, exist_ok=True)
-    name = f"w{preset}-L{layers}-V{vocab}"
+    name = f"w{preset}-L{layers}-V{vocab}" + (f"-S{seed}" if seed else "")
     src, dst = workdir / f"{name}-hf", workdir / f"{name}-rt"
     if not dst.exists():
         arch = dataclasses.replace(PRESETS[preset], num_hidden_layers=layers, vocab_size=vocab, layer_types=())
         if not src.exists():
-            synth(src, arch=arch, fmt="hf", seed=0)
+            synth(src, arch=arch, fmt="hf", seed=seed)
         convert(src, dst)
     return dst
 
