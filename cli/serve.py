@@ -7,6 +7,8 @@ from rich.console import Console
 
 from .errors import handle_user_errors
 from .generate import DTYPES
+from .group import Ranks, load_engine, run_command
+from .launch import distributed_option, relaunch
 
 err = Console(stderr=True, highlight=False)
 
@@ -31,14 +33,25 @@ err = Console(stderr=True, highlight=False)
 @click.option("--no-speculate", "no_speculate", is_flag=True,
               help="Turn off prompt-lookup speculative decoding by default (requests may still set "
                    "`speculate`).")
+@distributed_option
 @handle_user_errors
 def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_id: str | None,
               alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str, max_sequences: int,
-              kv_budget_gb: float | None, no_speculate: bool) -> None:
-    """Serve MODEL_PATH at http://HOST:PORT/v1 (chat completions and responses)."""
+              kv_budget_gb: float | None, no_speculate: bool, hostfile: str | None) -> None:
+    """Serve MODEL_PATH at http://HOST:PORT/v1 (chat completions and responses).
+
+    Spread over several Macs (--distributed or mlx.launch), rank 0 serves and requests run one at a time.
+    """
+    relaunch(hostfile)
+    run_command(lambda ranks: _serve(ranks, model_path, host, port, api_key, model_id, alias, max_queue, max_tokens,
+                                     dtype, max_sequences, kv_budget_gb, no_speculate))
+
+
+def _serve(ranks: Ranks | None, model_path: str, host: str, port: int, api_key: str | None, model_id: str | None,
+           alias: tuple[str, ...], max_queue: int, max_tokens: int, dtype: str, max_sequences: int,
+           kv_budget_gb: float | None, no_speculate: bool) -> None:
     import uvicorn
 
-    from gptoss_metal.assistant import Engine
     from gptoss_metal.server.app import create_app
     from gptoss_metal.server.openai_api import OpenAIService
 
@@ -47,7 +60,7 @@ def serve_cmd(model_path: str, host: str, port: int, api_key: str | None, model_
 
         ram = total_memory_bytes()
         budget = int(kv_budget_gb * 2**30) if kv_budget_gb else (ram // 4 if ram else None)
-        engine = Engine.load(model_path, dtype=dtype, model_id=model_id, speculate=not no_speculate,
+        engine = load_engine(ranks, model_path, dtype=dtype, model_id=model_id, speculate=not no_speculate,
                              max_sequences=max_sequences, kv_budget_bytes=budget)
     service = OpenAIService(engine, aliases=alias, max_queue=max_queue, default_max_tokens=max_tokens)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:

@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 
+from gptoss_metal.architecture import is_expert_tensor
+
+from .bench import peak_rss_bytes
 from .config import read_model_config
 from .errors import RuntimeUserError
 from .expert_paths import ExpertPath, choose_expert_path
@@ -274,6 +279,25 @@ def load_expert_parallel(path: Union[str, Path], group: DistributedGroup, dtype:
     inner = experts if experts is not None and not isinstance(experts, str) else choose_expert_path(experts)
     return load(path, dtype=dtype, experts=ExpertParallelPath(inner, group, first, last),
                 expert_slice=(first, last))
+
+
+def held_bytes(model: Model) -> tuple[int, int]:
+    """(expert bytes, dense bytes) this process holds for the model (arrays as loaded)."""
+    experts = dense = 0
+    for name, a in tree_flatten(model.parameters()):
+        if is_expert_tensor(name):
+            experts += a.nbytes
+        else:
+            dense += a.nbytes
+    return experts, dense
+
+
+def rank_report(model: Model, group: Optional[DistributedGroup]) -> dict[str, Any]:
+    """What `gptoss doctor` shows per rank: host, expert slice, bytes held, peak resident memory."""
+    first, last = expert_slice_of(model)
+    experts, dense = held_bytes(model)
+    return {"rank": group.rank if group else 0, "host": platform.node(), "experts": [first, last],
+            "expert_bytes": experts, "dense_bytes": dense, "peak_rss_bytes": peak_rss_bytes()}
 
 
 def expert_slice_of(model: Model) -> tuple[int, int]:

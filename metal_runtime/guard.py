@@ -39,6 +39,9 @@ FOLLOWER_GRACE_S = 5.0
 BACKSTOP_S = 5.0  # the C-level backstop fires this long after a deadline the watchdog missed
 POLL_S = 0.25
 LOST = ("connection to a peer was lost", "[ring]", "[jaccl]")
+# When a rank fails, mlx.launch stops the others with SIGTERM within ~0.1-0.4 s: a rank that sees the
+# connection drop waits this long before speaking, so that usually only the failing rank does.
+LOST_GRACE_S = 1.5
 
 
 def group_timeout(env=os.environ) -> float:
@@ -124,7 +127,8 @@ class Guard:
         """End this process for an exception (another rank's loss reads as such)."""
         text = str(e)
         if isinstance(e, RuntimeError) and any(m in text for m in LOST):
-            self.fatal("another rank stopped (connection lost); see its message above")
+            time.sleep(LOST_GRACE_S)  # the launcher's SIGTERM usually ends us quietly meanwhile
+            self.fatal("another rank stopped (connection lost); see mlx.launch's warning above")
         if os.environ.get("GPTOSS_DEBUG"):
             traceback.print_exception(e, file=self.stream)
         self.fatal(f"error: {type(e).__name__}: {text}" if text else f"error: {type(e).__name__}")
