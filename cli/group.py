@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NoReturn, Optional
 
-from gptoss_metal.metal_runtime.distributed import DistributedGroup, init_group, launched_backend
+from gptoss_metal.metal_runtime.distributed import DistributedGroup, init_group, launched_backend, launched_rank
 from gptoss_metal.metal_runtime.guard import Guard
 
 from .errors import set_error_prefix, user_error_types
@@ -37,6 +37,9 @@ class Ranks:
 
 def _size_from_env() -> int:
     """The group's size before joining it (for messages only): the hostfile's length, else unknown."""
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
     for var in ("MLX_HOSTFILE", "MLX_IBV_DEVICES"):
         try:
             return len(json.loads(Path(os.environ[var]).read_text()))
@@ -50,7 +53,7 @@ def run_command(body: Callable[[Optional[Ranks]], None]) -> None:
     if launched_backend() is None:  # raises a clear DistributedError when launched wrongly
         body(None)
         return
-    rank = int(os.environ["MLX_RANK"])
+    rank = launched_rank()
     guard = Guard(rank, _size_from_env()).install()
     set_error_prefix(f"[rank {rank}/{guard.size}] ")
 

@@ -74,7 +74,8 @@ def launched_backend(env: Mapping[str, str] = os.environ) -> Optional[str]:
     strict: a single rank is simply not distributed.
     """
     if "MLX_RANK" not in env:
-        return None
+        mpi = env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE")  # `mlx.launch --backend mpi` runs mpirun
+        return "mpi" if mpi and mpi.isdigit() and int(mpi) > 1 else None
     if "MLX_JACCL_COORDINATOR" in env or "MLX_IBV_DEVICES" in env:
         return "jaccl"
     if "MLX_HOSTFILE" in env:
@@ -91,6 +92,14 @@ def launched_backend(env: Mapping[str, str] = os.environ) -> Optional[str]:
         "MLX_RANK is set but no hostfile is (neither MLX_HOSTFILE for the ring backend nor "
         "MLX_JACCL_COORDINATOR for JACCL): start every rank with `mlx.launch --hostfile hosts.json -- gptoss ...`"
     )
+
+
+def launched_rank(env: Mapping[str, str] = os.environ) -> int:
+    """This process's rank as the launcher set it (before joining the group)."""
+    for var in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if env.get(var, "").isdigit():
+            return int(env[var])
+    return 0
 
 
 def init_group(env: Mapping[str, str] = os.environ) -> Optional[DistributedGroup]:

@@ -5,6 +5,7 @@
     python dist_worker.py memory MODEL OUT            bytes of experts held, resident memory after loading
     python dist_worker.py engine MODEL OUT            a scripted conversation through the Engine
     python dist_worker.py fail   MODEL OUT HOW:RANK:AFTER   a failure injected on RANK after AFTER tokens
+    python dist_worker.py tool   -     OUT            a chat turn with a python tool call (scripted model)
 
 Run without mlx.launch, a scenario is the one-process reference. Results land in OUT as JSON (and
 .npz for logits), one file per rank. Every rank runs under the same Guard the CLI uses.
@@ -163,6 +164,32 @@ def run_fail(model_dir: str, out: Path, group: DistributedGroup, guard: Guard, h
     engine.close()
 
 
+def run_tool(out: Path, group: DistributedGroup, guard: Guard) -> None:
+    """A ChatSession on rank 0 whose model calls the python tool twice: the tool runs on rank 0 only, and
+    every rank's engine runs the three generations of the turn (a scripted model: same logits everywhere)."""
+    from doubles import ScriptedModel
+
+    from gptoss_metal.assistant import ChatSession, ToolResult
+    from gptoss_metal.assistant.lockstep import Lockstep
+    from gptoss_metal.harmony_io import encoding
+
+    replies = ["<|channel|>analysis to=python code<|message|>x = 6 * 7\nx<|call|>",
+               "<|channel|>analysis to=python code<|message|>x + 1<|call|>",
+               "<|channel|>final<|message|>It is 43.<|return|>"]
+    model = ScriptedModel([encoding().encode(r, allowed_special="all") for r in replies])
+    engine = Engine(model, lockstep=Lockstep(group, guard))
+    if group.leader:
+        session = ChatSession(engine, python_tool=True, temperature=0.0, current_date="2026-11-23")
+        results = [e.output.strip() for e in session.send("compute") if isinstance(e, ToolResult)]
+        (out / "tool.json").write_text(json.dumps({"results": results, "answer": session.messages[-1]["content"],
+                                                   "steps": len(session.last_turn.steps)}))
+        session.close()
+        engine.close()
+    else:
+        engine.follow()
+    (out / f"tool-rank{group.rank}.json").write_text(json.dumps({"tokens": engine.slots[0].tokens}))
+
+
 def main() -> None:
     scenario, model_dir, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +214,8 @@ def main() -> None:
             run_memory(model_dir, out, group)
         elif scenario == "engine":
             run_engine(model_dir, out, group, guard)
+        elif scenario == "tool":
+            run_tool(out, group, guard)
         else:
             run_fail(model_dir, out, group, guard, sys.argv[4])
 

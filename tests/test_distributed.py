@@ -179,6 +179,14 @@ def test_engine_ranks_run_the_same_passes_and_keep_identical_caches(tiny_runtime
     assert caches[0]["offset"] == len(caches[0]["tokens"]) > 0
 
 
+def test_the_python_tool_runs_on_rank_0_while_every_rank_runs_the_turn(tmp_path):
+    run_ranks(2, "tool", "-", str(tmp_path))
+    turn = json.loads((tmp_path / "tool.json").read_text())
+    assert turn == {"results": ["42", "43"], "answer": "It is 43.", "steps": 3}
+    caches = [json.loads((tmp_path / f"tool-rank{r}.json").read_text())["tokens"] for r in range(2)]
+    assert caches[0] == caches[1] and len(caches[0]) > 0
+
+
 def test_gptoss_generate_under_mlx_launch_answers_like_one_process(tiny_runtime):
     cmd = [str(GPTOSS), "generate", str(tiny_runtime), "-p", "Say hello.", "--max-tokens", "24",
            "--temperature", "0", "--effort", "low"]

@@ -164,3 +164,8 @@ def test_the_broadcast_sampler_alone_samples_like_the_plain_one_and_can_be_force
     assert shared.targets(logits).item() == int(mx.argmax(logits))
     shared.force(200002)
     assert shared(logits).item() == 200002 and shared.targets(logits).item() == 200002
+
+
+def test_mpi_launches_are_detected_too():
+    assert launched_backend({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"}) == "mpi"
+    assert launched_backend({"OMPI_COMM_WORLD_SIZE": "1"}) is None
