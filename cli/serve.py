@@ -65,6 +65,9 @@ def _serve(ranks: Ranks | None, model_path: str, host: str, port: int, api_key: 
     service = OpenAIService(engine, aliases=alias, max_queue=max_queue, default_max_tokens=max_tokens)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         err.print("[yellow]warning:[/] listening beyond this machine without --api-key")
+    if ranks is not None:
+        err.print(f"spread over {ranks.group.size} ranks ({ranks.group.backend} backend): requests decode one at a "
+                  "time, the others wait in the queue")
     err.print(f"serving [bold]{service.model_id}[/] at http://{host}:{port}/v1")
     uvicorn.run(create_app(service, api_key=api_key), host=host, port=port, log_level="warning")
 
