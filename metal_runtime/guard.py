@@ -15,7 +15,10 @@ and leaves the ranks orphaned when it is killed itself. So every rank runs under
   even if the watchdog cannot get the GIL. It also ends the rank when its parent (the launcher) is gone;
 - SIGINT: a no-op Python handler and a wakeup fd, so Ctrl-C is seen even while the main thread is
   blocked inside a collective; the watchdog ends the rank (exit 130; rank 0 says "interrupted", the
-  others stay quiet). SIGTERM and SIGHUP keep their default action.
+  others stay quiet). SIGTERM and SIGHUP keep their default action (they end even a rank whose
+  threads are stuck, and mlx.launch waits for the ranks it SIGTERMs);
+- a rank that sees a peer's connection drop waits LOST_GRACE_S before saying so: mlx.launch stops
+  the surviving ranks (quietly) when one fails, so usually only the failing rank speaks.
 
 Rank 0 uses `timeout`, the others `timeout + FOLLOWER_GRACE`, so that normally the rank closest to
 the user reports a stuck group.
@@ -58,7 +61,7 @@ class Guard:
         base = group_timeout() if timeout is None else timeout
         self.timeout = base if rank == 0 else base + FOLLOWER_GRACE_S
         self.stream = stream
-        self._armed: Optional[tuple[float, str]] = None  # (deadline, what)
+        self._armed: Optional[tuple[float, str, float]] = None  # (deadline, what, seconds allowed)
         self._lock = threading.Lock()
         self._ppid = os.getppid()
         self._sigfd: Optional[int] = None
@@ -82,17 +85,17 @@ class Guard:
         """Run the body under a deadline (`seconds`, default the group timeout); restores an outer one."""
         seconds = self.timeout if seconds is None else seconds
         outer = self._armed
-        self._arm(time.monotonic() + seconds, what)
+        self._arm(time.monotonic() + seconds, what, seconds)
         try:
             yield
         finally:
             if outer is None:
                 self._disarm()
             else:
-                self._arm(max(outer[0], time.monotonic() + 1.0), outer[1])
+                self._arm(max(outer[0], time.monotonic() + 1.0), outer[1], outer[2])
 
-    def _arm(self, at: float, what: str) -> None:
-        self._armed = (at, what)
+    def _arm(self, at: float, what: str, seconds: float) -> None:
+        self._armed = (at, what, seconds)
         faulthandler.dump_traceback_later(max(1.0, at - time.monotonic()) + BACKSTOP_S, exit=True, file=self.stream)
 
     def _disarm(self) -> None:
@@ -157,5 +160,5 @@ class Guard:
                 self.fatal("the launcher (mlx.launch) is gone; stopping")
             armed = self._armed
             if armed is not None and time.monotonic() > armed[0]:
-                self.fatal(f"no answer from the other ranks for {self.timeout:.0f} s ({armed[1]}); "
+                self.fatal(f"no answer from the other ranks for {armed[2]:.0f} s ({armed[1]}); "
                            "a rank is stuck or gone; stopping all ranks")
