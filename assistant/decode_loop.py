@@ -367,7 +367,9 @@ class DecodeLoop:
         """One token of a lone request from the single-sequence loop (pipelined, speculative)."""
         if self.lockstep is not None and not r.stopping_all and r.stopping:
             # rank 0's caller stopped it: every rank's generation ends at the same step, on a forced stop id
-            r.sampler.force(r.stop_ids[0])
+            # (without stop ids it runs to its token budget; rank 0 drains it all the same)
+            if r.stop_ids:
+                r.sampler.force(r.stop_ids[0])
             r.stopping_all = True
         try:
             if r.mode != "solo":  # enter it: from a finished prefill, or back from the batch
