@@ -275,3 +275,33 @@ def _wait_for_rank(launcher: int, rank: int, timeout: float = 60) -> int:
                 return int(pid)
         time.sleep(0.1)
     raise AssertionError("the rank did not start")
+
+
+def test_ctrl_c_with_distributed_ends_every_rank_with_one_message(tiny_runtime, tmp_path):
+    """`gptoss chat MODEL --distributed hosts.json`: mlx.launch runs in its own session and Ctrl-C reaches
+    the ranks, not the launcher (which would print a traceback over the message)."""
+    if any(_in_use(p) for p in (32323, 32324)):
+        pytest.skip("mlx.launch's default ports are in use")
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps({"backend": "ring", "hosts": [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2}))
+    proc = subprocess.Popen([str(GPTOSS), "chat", str(tiny_runtime), "--distributed", str(hosts)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, cwd=tmp_path)
+    seen = Lines(proc)
+    seen.wait_for("gptoss chat")  # rank 0 has loaded its share and waits for input
+    t0 = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)
+    out = seen.finish(timeout=30)
+    assert proc.returncode == 130 and time.monotonic() - t0 < 15, out
+    assert _gptoss_lines(out) == ["gptoss: [rank 0/2] interrupted"], out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+
+
+def _in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed run's TIME_WAIT is no conflict
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
