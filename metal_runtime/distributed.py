@@ -8,7 +8,7 @@ to bf16 change greedy tokens). Rank 0 talks to the user; the other ranks must ru
 forward passes, so rank 0's prompt tokens and sampled tokens are broadcast (an `all_sum` with zeros
 on the other ranks; sampled tokens inside the graph, so decoding stays pipelined).
 
-Two MLX facts shape this code (see the research notes in docs/ARCHITECTURE.md "Beyond one Mac"):
+Two MLX facts shape this code (docs/ARCHITECTURE.md, "Beyond one Mac"):
 - collectives in a lazy graph run in dependency order only, so every rank must build the same
   collectives in the same dependency chain: a broadcast's input depends on the step's logits on every
   rank (`mx.depends`), never a constant (MLX folds e.g. an argmax over a size-1 axis into one);
@@ -210,11 +210,6 @@ class BroadcastSampler(SamplerState):
 # -- expert parallelism -----------------------------------------------------------------------------
 
 
-def expert_range(num_experts: int, rank: int, size: int) -> tuple[int, int]:
-    """The contiguous block [first, last) of expert ids `rank` holds (sizes differ by at most one)."""
-    return num_experts * rank // size, num_experts * (rank + 1) // size
-
-
 class ExpertParallelPath:
     """An `ExpertPath` for a rank holding experts [first, last) of every layer: `inner` runs them.
 
@@ -284,7 +279,7 @@ def load_expert_parallel(path: Union[str, Path], group: DistributedGroup, dtype:
     if group.size > n:
         raise DistributedError(f"{group.size} ranks cannot share {n} experts: each rank needs at least one "
                                f"(launch at most {n} ranks)")
-    first, last = expert_range(n, group.rank, group.size)
+    first, last = args.expert_split(group.size)[group.rank]  # contiguous blocks, sizes differ by <= 1
     inner = experts if experts is not None and not isinstance(experts, str) else choose_expert_path(experts)
     return load(path, dtype=dtype, experts=ExpertParallelPath(inner, group, first, last),
                 expert_slice=(first, last))
