@@ -78,6 +78,7 @@ class Request:
     sampler: Optional[SamplerState] = None
     prefill_started: float = 0.0
     first_token_at: Optional[float] = None
+    prefill_chunk: Optional[int] = None  # None: this backend's default
     stopping_all: bool = False  # lockstep: rank 0 forced a stop id on every rank; tokens are drained
     drained: list[int] = field(default_factory=list)  # fed to the cache after the stop, never delivered
 
@@ -102,13 +103,14 @@ class Request:
 
     def message(self) -> RequestMessage:
         return RequestMessage(self.prompt, self.forced_prefix, self.max_tokens, self.temperature, self.top_p,
-                              Lockstep.resolve_seed(self.seed), self.tools, list(self.stop_ids), self.speculate)
+                              Lockstep.resolve_seed(self.seed), self.tools, list(self.stop_ids), self.speculate,
+                              self.prefill_chunk or default_prefill_chunk())
 
     @classmethod
     def from_message(cls, m: RequestMessage, stats: Any) -> "Request":
         return cls(prompt=m.prompt, forced_prefix=m.forced_prefix, max_tokens=m.max_tokens, temperature=m.temperature,
                    top_p=m.top_p, seed=m.seed, tools=m.tools, stop_ids=tuple(m.stop_ids), stats=stats,
-                   speculate=m.speculate)
+                   speculate=m.speculate, prefill_chunk=m.prefill_chunk)
 
 
 class DecodeLoop:
@@ -205,7 +207,7 @@ class DecodeLoop:
                         beat = time.monotonic()
                     continue
                 msg = req.message()
-                req.seed = msg.seed
+                req.seed, req.prefill_chunk = msg.seed, msg.prefill_chunk
                 self.lockstep.send(REQUEST, msg)
                 self._run_alone(req)
                 beat = time.monotonic()
@@ -352,7 +354,7 @@ class DecodeLoop:
 
     def _prefill_step(self, r: Request, bounded: bool) -> None:
         body = r.to_feed[:-1]
-        chunk = JOIN_CHUNK if bounded else default_prefill_chunk()
+        chunk = JOIN_CHUNK if bounded else (r.prefill_chunk or default_prefill_chunk())
         if r.fed < len(body):
             part = body[r.fed : r.fed + chunk]
             self.model(mx.array([part]), r.slot.cache)

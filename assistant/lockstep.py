@@ -51,6 +51,7 @@ class RequestMessage:
     tools: Optional[list[str]]
     stop_ids: list[int]
     speculate: bool
+    prefill_chunk: int  # rank 0's: chunking decides how many passes run (ranks may differ in backend)
 
 
 class Lockstep:
