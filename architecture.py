@@ -108,6 +108,25 @@ class Architecture:
         active = L * (attn + router + self.num_experts_per_tok * per_expert) + H + V * H
         return ParameterCounts(total=total, active=active, experts=L * E * per_expert, embedding=embedding)
 
+    def stored_bytes(self) -> "StoredBytes":
+        """Bytes of the runtime layout: experts in MXFP4 (4-bit values, one E8M0 scale byte per 32, bf16
+        biases), everything else in bf16. What a process holds in memory once loaded (norm gains aside)."""
+        H, I = self.hidden_size, self.intermediate_size
+        per_expert = 3 * I * H // 2 + 3 * I * H // MXFP4_GROUP + 2 * (2 * I + H)
+        counts = self.parameter_counts()
+        return StoredBytes(experts=self.num_hidden_layers * self.num_local_experts * per_expert,
+                           dense=2 * (counts.total - counts.experts))
+
+    def expert_split(self, ranks: int) -> list[tuple[int, int]]:
+        """The experts [first, last) each of `ranks` expert-parallel ranks holds (contiguous, sizes differ by <= 1)."""
+        E = self.num_local_experts
+        return [(E * r // ranks, E * (r + 1) // ranks) for r in range(ranks)]
+
+    def rank_bytes(self, ranks: int) -> list[int]:
+        """Weight bytes each expert-parallel rank holds: the dense weights (replicated) and its experts."""
+        b = self.stored_bytes()
+        return [b.dense + b.experts * (last - first) // self.num_local_experts for first, last in self.expert_split(ranks)]
+
     # -- validation -------------------------------------------------------------------------
 
     def validate(self) -> None:
@@ -276,6 +295,16 @@ class ParameterCounts:
     active: int  # per decoded token, without the embedding table (one row of it is read)
     experts: int
     embedding: int
+
+
+@dataclass
+class StoredBytes:
+    experts: int
+    dense: int
+
+    @property
+    def total(self) -> int:
+        return self.experts + self.dense
 
 
 # -- tensor facts shared by the checkpoint inspector and the loaded model ------------------------

@@ -10,6 +10,11 @@ token goes through the request's harmony parser; events travel to the caller's t
 Switching a request between the two loops keeps its cache exact: the single-sequence loop may have
 fed the last token it yielded (pipelining) -- then that position is trimmed (exact: rings keep one
 position of slack) and re-fed by the batch step; draft tokens it already verified are drained first.
+
+With a `Lockstep` (a model spread over several ranks, lockstep.py) the loop decodes one request at a
+time and every decision that other ranks must mirror goes through it: rank 0 runs this thread and
+broadcasts each request as it starts; the other ranks run `follow()`, the same code on the same
+messages, so every rank runs the same forward passes and keeps the same caches.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import mlx.core as mx
 
 from gptoss_metal.harmony_io import StreamParser
 from gptoss_metal.harmony_io.parser import Done
-from gptoss_metal.metal_runtime import GenerationStats, Model, generate
+from gptoss_metal.metal_runtime import GenerationStats, Model, RuntimeUserError, generate
 from gptoss_metal.metal_runtime.batch import BatchDecoder
 from gptoss_metal.metal_runtime.generate import default_prefill_chunk
 from gptoss_metal.metal_runtime.prompt_cache import PromptCache
 from gptoss_metal.metal_runtime.sampling import SamplerState
+
+from .lockstep import CLOSE, HEARTBEAT_S, IDLE, REQUEST, Lockstep, RequestMessage
 
 END = object()
 JOIN_CHUNK = 256  # prompt tokens prefilled per step while other requests are decoding
@@ -74,6 +81,9 @@ class Request:
     sampler: Optional[SamplerState] = None
     prefill_started: float = 0.0
     first_token_at: Optional[float] = None
+    prefill_chunk: Optional[int] = None  # None: this backend's default
+    stopping_all: bool = False  # lockstep: rank 0 forced a stop id on every rank; tokens are drained
+    drained: list[int] = field(default_factory=list)  # fed to the cache after the stop, never delivered
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -89,10 +99,29 @@ class Request:
     def worst_case_tokens(self) -> int:
         return len(self.prompt) + len(self.forced_prefix) + self.max_tokens
 
+    @property
+    def sequence(self) -> list[int]:
+        """Every token this request put into its cache, in order (once its prompt is in)."""
+        return self.held + self.to_feed + self.generated + self.drained
+
+    def message(self) -> RequestMessage:
+        return RequestMessage(self.prompt, self.forced_prefix, self.max_tokens, self.temperature, self.top_p,
+                              Lockstep.resolve_seed(self.seed), self.tools, list(self.stop_ids), self.speculate,
+                              self.prefill_chunk or default_prefill_chunk())
+
+    @classmethod
+    def from_message(cls, m: RequestMessage, stats: Any) -> "Request":
+        return cls(prompt=m.prompt, forced_prefix=m.forced_prefix, max_tokens=m.max_tokens, temperature=m.temperature,
+                   top_p=m.top_p, seed=m.seed, tools=m.tools, stop_ids=tuple(m.stop_ids), stats=stats,
+                   speculate=m.speculate, prefill_chunk=m.prefill_chunk)
+
 
 class DecodeLoop:
     def __init__(self, model: Model, slots: list[PromptCache], max_sequences: int = 1,
-                 kv_budget_bytes: Optional[int] = None):
+                 kv_budget_bytes: Optional[int] = None, lockstep: Optional[Lockstep] = None):
+        if lockstep is not None and (len(slots) != 1 or max_sequences != 1):
+            raise ValueError("a model spread over several ranks decodes one sequence at a time (max_sequences=1)")
+        self.lockstep = lockstep
         self.model = model
         self.slots = slots
         self.max_sequences = max_sequences
@@ -115,11 +144,20 @@ class DecodeLoop:
             if self._closed:
                 raise RuntimeError("the engine is closed")
             self.waiting.append(req)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="gptoss-decode", daemon=True)
-                self._thread.start()
-                _LIVE.add(self)
+            self._start_thread()
             self._cv.notify()
+
+    def start(self) -> None:
+        """Start the decode thread before the first request (rank 0 of a group: it sends heartbeats)."""
+        with self._cv:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            target = self._run if self.lockstep is None else self._lead
+            self._thread = threading.Thread(target=target, name="gptoss-decode", daemon=True)
+            self._thread.start()
+            _LIVE.add(self)
 
     @property
     def active_count(self) -> int:
@@ -159,6 +197,77 @@ class DecodeLoop:
             except Exception as e:  # noqa: BLE001 - a bug or a device error: fail the requests, keep serving
                 for r in list(self.active):
                     self._finish(r, error=e)
+
+    # -- a model spread over several ranks (lockstep.py) -----------------------------------------------
+
+    def _lead(self) -> None:
+        """Rank 0's decode thread: broadcast each request as it starts, heartbeats while idle, the close."""
+        try:
+            beat = time.monotonic()
+            while True:
+                with self._cv:
+                    if not self._closed and not self.waiting:
+                        self._cv.wait(HEARTBEAT_S)
+                    self._drop_cancelled_waiting()
+                    closing = self._closed and not self.waiting
+                    req = None
+                    if self.waiting and self._fits(self.waiting[0], self.slots[0]):
+                        req = self.waiting.popleft()
+                if closing:
+                    self.lockstep.send(CLOSE)
+                    return
+                if req is None:
+                    if time.monotonic() - beat >= HEARTBEAT_S:
+                        self.lockstep.send(IDLE)
+                        beat = time.monotonic()
+                    continue
+                msg = req.message()
+                req.seed, req.prefill_chunk = msg.seed, msg.prefill_chunk
+                self.lockstep.send(REQUEST, msg)
+                self._run_alone(req)
+                beat = time.monotonic()
+        except BaseException as e:  # noqa: BLE001 - the group cannot go on without rank 0's loop
+            self.lockstep.fatal(e)
+        finally:
+            mx.synchronize()
+            mx.clear_streams()  # as in _run
+
+    def follow(self, stats_factory: Callable[[], Any] = GenerationStats) -> None:
+        """A follower rank: run exactly what rank 0 runs, request by request, until rank 0 closes."""
+        while True:
+            kind, msg = self.lockstep.receive()
+            if kind == CLOSE:
+                return
+            if kind == REQUEST:
+                self._run_alone(Request.from_message(msg, stats_factory()))
+
+    def _run_alone(self, req: Request) -> None:
+        self._start(req, self.slots[0])
+        while req in self.active:
+            with self.lockstep.deadline("generating with the other ranks"):
+                self._step_alone(req)
+
+    def _step_alone(self, r: Request) -> None:
+        """One iteration of the only request: a prefill chunk (rank 0 says first whether to stop), or a token."""
+        if r.mode == "prefill":
+            if self.lockstep.agree(r.stopping):
+                self._finish(r)
+                return
+            try:
+                self._prefill_step(r, bounded=False)
+            except Exception as e:  # noqa: BLE001
+                self._request_failed(r, e)
+                return
+            if r.mode != "ready":
+                return
+        self._solo_step(r)
+
+    def _request_failed(self, r: Request, e: BaseException) -> None:
+        """One request's failure ends that request; in a group anything but a user error ends the group
+        (a lost rank surfaces here as an MLX error, and the ranks could no longer agree)."""
+        if self.lockstep is not None and not isinstance(e, RuntimeUserError):
+            self.lockstep.fatal(e)
+        self._finish(r, error=e)
 
     def _drop_cancelled_waiting(self) -> None:
         for r in [r for r in self.waiting if r.stopping or self._closed]:
@@ -231,14 +340,17 @@ class DecodeLoop:
         try:
             reuse = slot.prepare(prompt)
         except Exception as e:  # noqa: BLE001
-            self._finish(req, error=e)
+            self._request_failed(req, e)
             return
         req.held, req.to_feed = list(slot.tokens), reuse.to_feed
         st.prompt_tokens = len(req.prompt)
         st.reused_tokens = reuse.reused
         st.prefilled_tokens = len(reuse.to_feed)
         req.parser = StreamParser(req.tools)
-        req.sampler = SamplerState(req.temperature, req.top_p, req.seed)
+        if self.lockstep is None:
+            req.sampler = SamplerState(req.temperature, req.top_p, req.seed)
+        else:
+            req.sampler = self.lockstep.sampler(req.temperature, req.top_p, req.seed)
         req.prefill_started = time.perf_counter()
         for t in req.forced_prefix:
             for ev in req.parser.feed(t):
@@ -266,7 +378,7 @@ class DecodeLoop:
 
     def _prefill_step(self, r: Request, bounded: bool) -> None:
         body = r.to_feed[:-1]
-        chunk = JOIN_CHUNK if bounded else default_prefill_chunk()
+        chunk = JOIN_CHUNK if bounded else (r.prefill_chunk or default_prefill_chunk())
         if r.fed < len(body):
             part = body[r.fed : r.fed + chunk]
             self.model(mx.array([part]), r.slot.cache)
@@ -279,6 +391,12 @@ class DecodeLoop:
 
     def _solo_step(self, r: Request) -> None:
         """One token of a lone request from the single-sequence loop (pipelined, speculative)."""
+        if self.lockstep is not None and not r.stopping_all and r.stopping:
+            # rank 0's caller stopped it: every rank's generation ends at the same step, on a forced stop id
+            # (without stop ids it runs to its token budget; rank 0 drains it all the same)
+            if r.stop_ids:
+                r.sampler.force(r.stop_ids[0])
+            r.stopping_all = True
         try:
             if r.mode != "solo":  # enter it: from a finished prefill, or back from the batch
                 if r.mode == "batch":
@@ -296,7 +414,10 @@ class DecodeLoop:
             self._finish(r)
             return
         except Exception as e:  # noqa: BLE001 - this request's failure
-            self._finish(r, error=e)
+            self._request_failed(r, e)
+            return
+        if r.stopping_all:
+            r.drained.append(tok)
             return
         self._dispatch(r, tok)
 
@@ -331,7 +452,7 @@ class DecodeLoop:
         extra: list[int] = []
         if gen is None:
             return extra
-        fed_target = len(r.held) + len(r.to_feed) + len(r.generated)
+        fed_target = len(r.sequence)
         try:
             while r.slot.cache.offset > fed_target + len(extra):
                 extra.append(next(gen))
@@ -401,7 +522,7 @@ class DecodeLoop:
         st.finish_reason = reason
         if r.slot is not None:
             # whatever happened (stop, length, cancel, error), the cache and its token list agree
-            fed = r.held + r.to_feed + r.generated + undelivered if r.mode != "prefill" else r.held + r.to_feed[: r.fed]
+            fed = r.sequence + undelivered if r.mode != "prefill" else r.held + r.to_feed[: r.fed]
             r.slot.sync(fed)
             mx.eval(r.slot.cache.state_arrays())  # MLX streams are per thread: leave nothing lazy behind
             self.busy.discard(id(r.slot))

@@ -5,20 +5,29 @@ generator of parser events for one generation; any number of threads may call it
 thread (decode_loop.py) owns the model and the caches: it prefills each request's new prompt tokens
 with prompt reuse, runs a lone request through the pipelined, speculative single-sequence loop, and
 requests that overlap in one batched forward pass per token (up to `max_sequences` at a time).
+
+A model spread over several ranks (`mlx.launch`, metal_runtime.distributed) runs one engine per
+rank: rank 0's serves the caller and broadcasts what it runs; the others `follow()` it (lockstep.py).
 """
 
 from __future__ import annotations
 
 import queue
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from gptoss_metal.harmony_io import STOP_IDS, Event
 from gptoss_metal.metal_runtime import GenerationStats, Model, load
+from gptoss_metal.metal_runtime.distributed import DistributedGroup, barrier, load_expert_parallel
+from gptoss_metal.metal_runtime.guard import Guard
 from gptoss_metal.metal_runtime.prompt_cache import PromptCache
 
 from .decode_loop import END, DecodeLoop, Request
+from .lockstep import Lockstep
+
+LOAD_WAIT_S = 1800.0  # ranks load at their disks' speed: the first to finish waits for the last
 
 
 @dataclass
@@ -48,10 +57,14 @@ class Engine:
     A generation goes to the cache its prompt continues; one that names a `cache_key` (the chat page
     names its conversation) goes back to the cache that key used last, if that cache is free, so
     switching between conversations and back still reuses the earlier one's tokens.
+
+    `lockstep`: this engine is one rank of a group (one sequence at a time); on rank 0 it is used
+    like any engine, on the other ranks `follow()` is all there is to call.
     """
 
     def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4, speculate: bool = True,
-                 max_sequences: int = 1, cache_slots: Optional[int] = None, kv_budget_bytes: Optional[int] = None):
+                 max_sequences: int = 1, cache_slots: Optional[int] = None, kv_budget_bytes: Optional[int] = None,
+                 lockstep: Optional[Lockstep] = None):
         if max_sequences < 1:
             raise ValueError("max_sequences must be >= 1")
         if cache_slots is not None and cache_slots < 1:
@@ -59,21 +72,42 @@ class Engine:
         self.model = model
         self.model_id = model_id
         self.speculate = speculate  # prompt-lookup speculative decoding where it pays (per request overridable)
-        self.max_sequences = max_sequences
+        if lockstep is not None:
+            max_sequences, cache_slots = 1, 1  # ranks in lockstep decode one sequence at a time, one cache
         n_slots = max(max_sequences, cache_slots or max_sequences)
+        self.max_sequences = max_sequences
         self.slots = [PromptCache(model, max_snapshots=max_snapshots) for _ in range(n_slots)]
-        self._loop = DecodeLoop(model, self.slots, max_sequences=max_sequences, kv_budget_bytes=kv_budget_bytes)
+        self.lockstep = lockstep
+        self._loop = DecodeLoop(model, self.slots, max_sequences=max_sequences, kv_budget_bytes=kv_budget_bytes,
+                                lockstep=lockstep)
+        if lockstep is not None and lockstep.leader:
+            self._loop.start()  # the other ranks hear from rank 0 from now on (requests or heartbeats)
 
     @classmethod
     def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None, speculate: bool = True,
-             max_sequences: int = 1, cache_slots: Optional[int] = None,
-             kv_budget_bytes: Optional[int] = None) -> "Engine":
-        return cls(load(path, dtype=dtype), model_id or Path(path).name, speculate=speculate,
-                   max_sequences=max_sequences, cache_slots=cache_slots, kv_budget_bytes=kv_budget_bytes)
+             max_sequences: int = 1, cache_slots: Optional[int] = None, kv_budget_bytes: Optional[int] = None,
+             group: Optional[DistributedGroup] = None, guard: Optional[Guard] = None) -> "Engine":
+        """Load a model folder. With `group`, this rank's share of it (its experts, the dense weights),
+        once every rank has loaded its share; the engine then decodes one sequence at a time."""
+        if group is None:
+            model = load(path, dtype=dtype)
+        else:
+            model = load_expert_parallel(path, group, dtype=dtype)
+            with guard.deadline("waiting for the other ranks to load", LOAD_WAIT_S) if guard else nullcontext():
+                barrier(group)
+        return cls(model, model_id or Path(path).name, speculate=speculate, max_sequences=max_sequences,
+                   cache_slots=cache_slots, kv_budget_bytes=kv_budget_bytes,
+                   lockstep=Lockstep(group, guard) if group is not None else None)
 
     @property
     def cache_slots(self) -> int:
         return len(self.slots)
+
+    def follow(self) -> None:
+        """A rank other than 0: run what rank 0's engine runs until it closes (every rank's caches stay alike)."""
+        if self.lockstep is None or self.lockstep.leader:
+            raise RuntimeError("only a follower rank follows")
+        self._loop.follow(TurnStats)
 
     @property
     def prompt_cache(self) -> PromptCache:

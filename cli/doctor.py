@@ -10,10 +10,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import handle_user_errors
+from .group import Ranks, run_command
+from .launch import distributed_option, relaunch
+
+SPLITS = (2, 4, 8)  # group sizes whose memory per rank doctor projects for a model
 
 
 def _gb(n) -> str:
     return "unknown" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+def _size(n: int) -> str:
+    return _gb(n) if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 @click.command("doctor")
@@ -21,10 +29,44 @@ def _gb(n) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--retime", is_flag=True, help="Check and race the Metal kernels again instead of using the "
                                              "verdicts stored for this machine and MLX version.")
+@distributed_option
 @handle_user_errors
-def doctor_cmd(model_path: str | None, as_json: bool, retime: bool) -> None:
+def doctor_cmd(model_path: str | None, as_json: bool, retime: bool, hostfile: str | None) -> None:
     """Platform, MLX backend, Metal kernels (self-tested and raced against the MLX path), vocabulary,
-    memory vs MODEL_PATH."""
+    memory vs MODEL_PATH; under mlx.launch, the group: size, backend, each rank's experts and memory."""
+    relaunch(hostfile)
+    run_command(lambda ranks: _doctor(ranks, model_path, as_json, retime))
+
+
+def _group_info(ranks: Ranks | None, model_path: str | None) -> dict:
+    """The group this process belongs to (every rank loads its share of MODEL_PATH to report it)."""
+    from gptoss_metal.metal_runtime.distributed import gather_json, load_expert_parallel, rank_report
+
+    if ranks is None:
+        return {"launched": False}
+    g = ranks.group
+    mine = {"rank": g.rank, "host": __import__("platform").node()}
+    if model_path:
+        with ranks.guard.deadline("loading this rank's share of the model", 1800):
+            mine = rank_report(load_expert_parallel(model_path, g), g)
+    with ranks.guard.deadline("gathering the ranks' reports"):
+        reports = gather_json(mine, g)
+    return {"launched": True, "size": g.size, "backend": g.backend, "ranks": reports}
+
+
+def _split_projection(summary) -> list[dict]:
+    """Memory per rank if MODEL_PATH were spread over N ranks: the dense weights plus 1/N of the experts."""
+    E = summary.arch.num_local_experts
+    dense = summary.tensor_bytes - summary.expert_bytes
+    out = []
+    for n in SPLITS:
+        if n <= E:
+            largest = max(last - first for first, last in summary.arch.expert_split(n))
+            out.append({"ranks": n, "bytes_per_rank": dense + summary.expert_bytes * largest // E})
+    return out
+
+
+def _doctor(ranks: Ranks | None, model_path: str | None, as_json: bool, retime: bool) -> None:
     import os
 
     from gptoss_metal.harmony_io import HarmonyIOError, vocab_status
@@ -44,7 +86,8 @@ def doctor_cmd(model_path: str | None, as_json: bool, retime: bool) -> None:
 
         s = inspect_checkpoint(model_path)
         info["model"] = {"path": str(s.directory), "layout": s.layout, "tensor_bytes": s.tensor_bytes,
-                         "bytes_per_decoded_token": s.bytes_per_token}
+                         "bytes_per_decoded_token": s.bytes_per_token, "expert_bytes": s.expert_bytes,
+                         "split": _split_projection(s)}
         mem = info["memory_bytes"]
         info["model"]["fits"] = None if mem is None else s.tensor_bytes < 0.75 * mem
     try:
@@ -58,6 +101,9 @@ def doctor_cmd(model_path: str | None, as_json: bool, retime: bool) -> None:
             tool.close()
     except Exception as e:  # noqa: BLE001 - diagnostics must not die on an optional feature
         info["python_tool"] = [f"unavailable: {e}"]
+    info["distributed"] = _group_info(ranks, model_path)
+    if ranks is not None and not ranks.leader:
+        return  # rank 0 speaks for the group
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
@@ -75,7 +121,27 @@ def doctor_cmd(model_path: str | None, as_json: bool, retime: bool) -> None:
         t.add_row("model", f"{m['path']} ({m['layout']}): {_gb(m['tensor_bytes'])} {verdict}; "
                            f"{m['bytes_per_decoded_token'] / 1e9:.2f} GB read per decoded token")
     t.add_row("python tool", "\n".join(escape(line) for line in info["python_tool"]))
+    _group_rows(t, info)
     Console().print(t)
+
+
+def _group_rows(t: Table, info: dict) -> None:
+    d = info["distributed"]
+    if not d["launched"]:
+        t.add_row("distributed", "one process (start several with `mlx.launch --hostfile hosts.json -- gptoss ...` "
+                                 "or --distributed hosts.json)")
+        if "model" in info and info["model"]["split"]:
+            t.add_row("spread over Macs", ", ".join(f"{p['ranks']} ranks: {_size(p['bytes_per_rank'])} each"
+                                                   for p in info["model"]["split"]))
+        return
+    t.add_row("distributed", f"{d['size']} ranks, {d['backend']} backend (expert-parallel)")
+    for r in d["ranks"]:
+        text = f"{r['host']}"
+        if "experts" in r:
+            first, last = r["experts"]
+            text += (f": experts {first}-{last - 1} ({last - first}), {_size(r['expert_bytes'])} of experts + "
+                     f"{_size(r['dense_bytes'])} dense, peak resident {_size(r['peak_rss_bytes'])}")
+        t.add_row(f"rank {r['rank']}", text)
 
 
 def register(group: click.Group) -> None:

@@ -12,6 +12,13 @@ from rich.markup import escape
 from gptoss_metal.converters import ConversionError
 
 err_console = Console(stderr=True)
+_prefix = ""
+
+
+def set_error_prefix(prefix: str) -> None:
+    """Say which process an error comes from (a rank of a group: `[rank 1/2] `)."""
+    global _prefix
+    _prefix = prefix
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -44,7 +51,7 @@ def handle_user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except user_error_types() as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            err_console.print(f"{escape(_prefix)}[bold red]error:[/] {escape(str(e))}", highlight=False)
             sys.exit(1)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

@@ -12,6 +12,8 @@ from rich.console import Console
 from gptoss_metal.harmony_io.render import REASONING_EFFORTS
 
 from .errors import handle_user_errors
+from .group import Ranks, load_engine, run_command
+from .launch import distributed_option, relaunch
 from .progress import byte_progress
 
 err = Console(stderr=True, highlight=False)
@@ -41,14 +43,24 @@ def sampling_options(fn):
 @click.option("--show-reasoning", is_flag=True, help="Also print the model's reasoning (to stderr).")
 @click.option("--dtype", type=DTYPES, default="bfloat16", show_default=True)
 @sampling_options
+@distributed_option
 @handle_user_errors
 def generate_cmd(model_path: str, prompt: str, system: str | None, effort: str, show_reasoning: bool, dtype: str,
-                 max_tokens: int, temperature: float, top_p: float, seed: int | None, no_speculate: bool) -> None:
+                 max_tokens: int, temperature: float, top_p: float, seed: int | None, no_speculate: bool,
+                 hostfile: str | None) -> None:
     """Answer one PROMPT with the converted model at MODEL_PATH, streaming the final answer to stdout."""
-    from gptoss_metal.harmony_io import PreambleDelta, ReasoningDelta, TextDelta, render_prompt, today
-    from gptoss_metal.assistant import Engine, TurnStats
+    relaunch(hostfile)
+    run_command(lambda ranks: _generate(ranks, model_path, prompt, system, effort, show_reasoning, dtype, max_tokens,
+                                        temperature, top_p, seed, no_speculate))
 
-    engine = Engine.load(model_path, dtype=dtype, speculate=not no_speculate)
+
+def _generate(ranks: Ranks | None, model_path: str, prompt: str, system: str | None, effort: str,
+              show_reasoning: bool, dtype: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+              no_speculate: bool) -> None:
+    from gptoss_metal.harmony_io import PreambleDelta, ReasoningDelta, TextDelta, render_prompt, today
+    from gptoss_metal.assistant import TurnStats
+
+    engine = load_engine(ranks, model_path, dtype=dtype, speculate=not no_speculate)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     tokens = render_prompt(messages, reasoning_effort=effort, current_date=today())
     stats = TurnStats()

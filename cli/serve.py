@@ -17,6 +17,8 @@ from gptoss_metal.server.limits import DEFAULT_MAX_BODY_BYTES
 
 from .errors import handle_user_errors
 from .generate import DTYPES
+from .group import Ranks, load_engine, run_command
+from .launch import distributed_option, relaunch
 
 err = Console(stderr=True, highlight=False)
 
@@ -85,7 +87,7 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
                cache_slots: int, allow_host: tuple[str, ...], allow_origin: tuple[str, ...],
                page_temperature: float, open_browser: bool, max_sequences: int = 4,
                kv_budget_gb: Optional[float] = None, no_speculate: bool = False,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, ranks: Optional[Ranks] = None) -> None:
     import uvicorn
 
     from gptoss_metal.assistant import Engine
@@ -100,14 +102,21 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
 
         ram = total_memory_bytes()
         budget = int(kv_budget_gb * 2**30) if kv_budget_gb else (ram // 4 if ram else None)
-        engine = Engine.load(model_path, dtype=dtype, model_id=model_id, cache_slots=cache_slots,
-                             max_sequences=max_sequences, kv_budget_bytes=budget, speculate=not no_speculate)
+        if ranks is None:
+            engine = Engine.load(model_path, dtype=dtype, model_id=model_id, cache_slots=cache_slots,
+                                 max_sequences=max_sequences, kv_budget_bytes=budget, speculate=not no_speculate)
+        else:  # spread over ranks: rank 0 serves, one request at a time (the others follow)
+            engine = load_engine(ranks, model_path, dtype=dtype, model_id=model_id, speculate=not no_speculate,
+                                 max_sequences=max_sequences, kv_budget_bytes=budget)
     server = assemble(engine, data_dir=data_dir, api_key=api_key, bind=host, allow_hosts=allow_host,
                       allow_origins=allow_origin, aliases=alias, max_queue=max_queue, max_tokens=max_tokens,
                       page_temperature=page_temperature, max_body_bytes=max_body_bytes)
     warning = exposure_warning(host, api_key)
     if warning:
         err.print(f"[yellow]warning:[/] {warning}")
+    if ranks is not None:
+        err.print(f"spread over {ranks.group.size} ranks ({ranks.group.backend} backend): requests decode one at a "
+                  "time, the others wait in the queue")
     if "*" in allow_origin:
         err.print("[yellow]warning:[/] --allow-origin '*': any web page you visit can use this server")
     uv = uvicorn.Server(uvicorn.Config(server.app, host=host, port=port, log_level="warning"))
@@ -134,18 +143,25 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
 @click.command("serve")
 @server_options
 @click.option("--open", "open_browser", is_flag=True, help="Open the chat page in the default browser.")
+@distributed_option
 @handle_user_errors
-def serve_cmd(open_browser: bool, **options) -> None:
-    """Serve MODEL_PATH: the chat page at http://HOST:PORT/ and the OpenAI API at /v1."""
-    run_server(open_browser=open_browser, **options)
+def serve_cmd(open_browser: bool, hostfile: Optional[str], **options) -> None:
+    """Serve MODEL_PATH: the chat page at http://HOST:PORT/ and the OpenAI API at /v1.
+
+    Spread over several Macs (--distributed or mlx.launch), rank 0 serves and requests run one at a time.
+    """
+    relaunch(hostfile)
+    run_command(lambda ranks: run_server(open_browser=open_browser, ranks=ranks, **options))
 
 
 @click.command("app")
 @server_options
+@distributed_option
 @handle_user_errors
-def app_cmd(**options) -> None:
+def app_cmd(hostfile: Optional[str], **options) -> None:
     """Chat with MODEL_PATH in your browser, offline (`gptoss serve --open`; another port if 8000 is taken)."""
-    run_server(open_browser=True, **options)
+    relaunch(hostfile)
+    run_command(lambda ranks: run_server(open_browser=True, ranks=ranks, **options))
 
 
 def register(group: click.Group) -> None:

@@ -41,8 +41,13 @@ class ExpertPath(Protocol):
         """logits [N, E] -> (expert ids [N, k] uint32 in rank order, float32 weights [N, k])."""
         ...
 
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU) -> mx.array:
-        """x [N, H] -> sum_k w[:, k] * expert_{idx[:, k]}(x), [N, H] in x's dtype."""
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
+                out_dtype: Optional[mx.Dtype] = None) -> mx.array:
+        """x [N, H] -> sum_k w[:, k] * expert_{idx[:, k]}(x), [N, H] in `out_dtype` (default x's).
+
+        Every path sums over k in float32; `out_dtype=float32` hands that sum out unrounded (an
+        expert-parallel rank's partial sum must not be rounded to bf16 before the ranks add theirs).
+        """
         ...
 
 
@@ -88,8 +93,9 @@ class TwinPath:
     def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
         return route_twin(logits, k)
 
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU) -> mx.array:
-        return twin_experts(x, idx, w, layer)
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
+                out_dtype: Optional[mx.Dtype] = None) -> mx.array:
+        return twin_experts(x, idx, w, layer, out_dtype)
 
 
 class MLXPath:
@@ -109,13 +115,14 @@ class MLXPath:
     def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
         return ranked_top_k(logits, k)
 
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU) -> mx.array:
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
+                out_dtype: Optional[mx.Dtype] = None) -> mx.array:
         xc = x if self.compute_dtype is None else x.astype(self.compute_dtype)
         if idx.size >= self.sort_min_pairs:
             y = self._sorted(xc, idx, w, layer)
         else:
             y = self._gathered(xc, idx, w, layer)
-        return y.astype(x.dtype)
+        return y.astype(out_dtype or x.dtype)
 
     @staticmethod
     def _gathered(x: mx.array, idx: mx.array, w: mx.array, m: SwitchMXFP4GLU) -> mx.array:
@@ -159,10 +166,11 @@ class HostPath:
     def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
         return self.inner.route(logits, k)
 
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU) -> mx.array:
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
+                out_dtype: Optional[mx.Dtype] = None) -> mx.array:
         if idx.size >= self.min_rows_per_expert * layer.num_experts:  # each expert's dequantization amortized
-            return host_experts(x, idx, w, layer)
-        return self.inner.experts(x, idx, w, layer)
+            return host_experts(x, idx, w, layer, out_dtype)
+        return self.inner.experts(x, idx, w, layer, out_dtype)
 
 
 class KernelPath:
@@ -179,10 +187,11 @@ class KernelPath:
             return self.kernels.route(logits, k, fallback=self.inner.route)
         return self.inner.route(logits, k)
 
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU) -> mx.array:
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
+                out_dtype: Optional[mx.Dtype] = None) -> mx.array:
         if idx.shape[0] <= MAX_KERNEL_TOKENS:
-            return self.kernels.experts(x, idx, w, layer, fallback=self.inner.experts)
-        return self.inner.experts(x, idx, w, layer)
+            return self.kernels.experts(x, idx, w, layer, fallback=self.inner.experts, out_dtype=out_dtype)
+        return self.inner.experts(x, idx, w, layer, out_dtype)
 
 
 def choose_expert_path(name: Optional[str] = None, kernels: Optional[KernelSet] = None) -> ExpertPath:

@@ -21,7 +21,7 @@ from .cache import ModelCache
 from .errors import ContextOverflowError, GenerationError
 from .model import Model
 from .sampling import Sampler, SamplerState, make_sampler
-from .speculative import Drafter, PromptLookupDrafter, SpeculationPolicy, accept_greedy, accept_sampled
+from .speculative import Drafter, PromptLookupDrafter, SpeculationPolicy, accept_greedy
 
 # Prompt tokens per prefill forward pass. Larger chunks amortize launches and let the sorted expert
 # matmul read each expert once for more tokens; the bound keeps activation memory flat.
@@ -121,8 +121,10 @@ def generate(
     max_tokens = min(max_tokens, limit - cache.offset - len(prompt) + 1)
     sample = sampler if sampler is not None else make_sampler(temperature, top_p, seed)
     policy = speculate if isinstance(speculate, SpeculationPolicy) else (SpeculationPolicy() if speculate else None)
-    if policy is not None and seed is not None and temperature > 0:
-        policy.timed = False  # decisions from timings would make a seeded sample irreproducible
+    if policy is not None and ((seed is not None and temperature > 0) or getattr(sample, "lockstep", False)):
+        # decisions from timings would make a seeded sample irreproducible, and would differ between
+        # processes that must run the same passes (a lockstep sampler: distributed.BroadcastSampler)
+        policy.timed = False
     if policy is not None and not isinstance(sample, SamplerState):
         policy = None  # verification needs the sampler's distribution and key chain
     if policy is None:
@@ -145,7 +147,7 @@ def generate(
         with cache.deferred_writes():
             logits = model(inputs[None], cache)[0]
         if sample.greedy:
-            v = _Verification(draft, mx.argmax(logits.astype(mx.float32), axis=-1), None, time.perf_counter())
+            v = _Verification(draft, sample.targets(logits), None, time.perf_counter())
             mx.async_eval(v.targets)
         else:
             v = _Verification(draft, None, sample.process(logits), time.perf_counter())
@@ -214,7 +216,7 @@ def generate(
                 if v.targets is not None:
                     m, nxt = accept_greedy(v.draft, v.targets.tolist())
                 else:
-                    m, nxt = accept_sampled(v.draft, v.logits, sample.next_key())
+                    m, nxt = sample.accept(v.draft, v.logits)
                 kept = m
                 for i, d in enumerate(v.draft[:m]):  # a stop or the budget inside the accepted part ends it
                     if d in stops or emitted + i + 1 >= max_tokens:

@@ -8,6 +8,8 @@ float32 throughout (exact dequantization, float32 accumulation), like the MLX tw
 
 from __future__ import annotations
 
+from typing import Optional
+
 import mlx.core as mx
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -50,12 +52,14 @@ def _bias(proj: MXFP4Projection, e: int) -> np.ndarray:
     return np.asarray(proj.bias[e].astype(mx.float32))
 
 
-def host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: SwitchMXFP4GLU) -> mx.array:
+def host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: SwitchMXFP4GLU,
+                 out_dtype: Optional[mx.Dtype] = None) -> mx.array:
     with _BLAS.limit(limits=1, user_api="blas"):
-        return _host_experts(x, idx, weights, experts)
+        return _host_experts(x, idx, weights, experts).astype(out_dtype or x.dtype)
 
 
 def _host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: SwitchMXFP4GLU) -> mx.array:
+    """The float32 sum over each token's experts."""
     xs = np.asarray(x.astype(mx.float32))
     ids = np.asarray(idx)
     ws = np.asarray(weights.astype(mx.float32))
@@ -68,4 +72,4 @@ def _host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: Switch
         a = np.asarray(swiglu(mx.array(g), mx.array(u), experts.limit, experts.alpha))
         d = matmul_expert(a, experts.down_proj, int(e))
         np.add.at(out, rows, d * ws[rows, slots][:, None])
-    return mx.array(out).astype(x.dtype)
+    return mx.array(out)

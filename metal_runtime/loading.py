@@ -17,13 +17,15 @@ from .errors import ModelLoadError
 from .expert_paths import ExpertPath, choose_expert_path
 from .kernels import KernelSet
 from .model import Model
+from .moe import SwitchMXFP4GLU
+from .tensor_rows import read_rows, stored_tensors
 
 DTYPES = {"bfloat16": mx.bfloat16, "bf16": mx.bfloat16, "float32": mx.float32, "fp32": mx.float32,
           "float16": mx.float16, "fp16": mx.float16}
 MAX_LISTED = 6
 
 
-def _read_weights(directory: Path) -> dict[str, mx.array]:
+def _weight_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -38,7 +40,11 @@ def _read_weights(directory: Path) -> dict[str, mx.array]:
         check_weight_files(directory, files, from_index=index.exists())
     except CheckpointFolderError as e:
         raise ModelLoadError(str(e)) from None
-    paths = [directory / f for f in files]
+    return [directory / f for f in files]
+
+
+def _read_weights(paths: list[Path]) -> dict[str, mx.array]:
+    """Every tensor, lazily: nothing is read until evaluated (and a tensor never evaluated is never read)."""
     weights: dict[str, mx.array] = {}
     for p in paths:
         try:
@@ -80,17 +86,38 @@ def _quant_params(path: str, module: nn.Module, weights: dict[str, mx.array], ov
     raise ModelLoadError(f"{path}: cannot infer its quantization ({bits} bits, group size {group_size})")
 
 
+def _hold_experts(model: Model, paths: list[Path], weights: dict[str, mx.array], first: int, last: int) -> None:
+    """Give every MoE block only experts [first, last): smaller expert modules, and their rows read by
+    byte range in place of the lazily loaded full tensors (which are dropped unread)."""
+    args = model.args
+    if not 0 <= first < last <= args.num_local_experts:
+        raise ModelLoadError(f"expert slice [{first}, {last}) is not within the model's {args.num_local_experts} experts")
+    for layer in model.layers:
+        layer.mlp.experts = SwitchMXFP4GLU(last - first, args.hidden_size, args.intermediate_size,
+                                           args.swiglu_limit, args.swiglu_alpha)
+    stored = stored_tensors(paths)
+    for name in [n for n in weights if ".mlp.experts." in n]:
+        t = stored[name]
+        if t.shape[0] != args.num_local_experts:
+            raise ModelLoadError(f"{t.path}: tensor {name} holds {t.shape[0]} experts, config.json says "
+                                 f"{args.num_local_experts}")
+        weights[name] = read_rows(t, first, last)
+
+
 def _is_float(a: mx.array) -> bool:
     return a.dtype in (mx.float32, mx.float16, mx.bfloat16)
 
 
 def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
-         experts: Union[str, ExpertPath, None] = None, kernels: Optional[KernelSet] = None) -> Model:
+         experts: Union[str, ExpertPath, None] = None, kernels: Optional[KernelSet] = None,
+         expert_slice: Optional[tuple[int, int]] = None) -> Model:
     """Load a converted gpt-oss folder. `dtype` is the activation/dense-weight dtype.
 
     Expert weights stay MXFP4 whatever `dtype` is; norm gains stay float32 (DESIGN.md numerics).
     `experts` picks how the MoE blocks run (an ExpertPath, or a name: auto, kernels, mlx, host,
     twin; None reads GPTOSS_EXPERT_PATH, default auto); `kernels` is the Metal kernel set to use.
+    `expert_slice` (first, last): hold only those experts of every layer, reading just their bytes
+    (an expert-parallel rank; its `experts` path maps global expert ids onto them).
     """
     directory = Path(path).expanduser()
     if not directory.is_dir():
@@ -103,7 +130,8 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
         if problem:
             raise ModelLoadError(problem)
     args, overrides = read_model_config(directory)
-    weights = _read_weights(directory)
+    files = _weight_files(directory)
+    weights = _read_weights(files)
     _check_layout(directory, weights)
     try:
         path = experts if not isinstance(experts, (str, type(None))) else choose_expert_path(experts, kernels)
@@ -112,6 +140,8 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
     model = Model(args, path)
     model.model.dtype = target
     weights = model.sanitize(weights)
+    if expert_slice is not None:
+        _hold_experts(model, files, weights, *expert_slice)
     nn.quantize(model, class_predicate=lambda p, m: _quant_params(p, m, weights, overrides))
 
     expected = dict(nn.utils.tree_flatten(model.parameters()))

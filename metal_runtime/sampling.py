@@ -7,11 +7,12 @@ token (see generate.py): the host never waits on the device between tokens.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import mlx.core as mx
 
 from .errors import GenerationError
+from .speculative import accept_sampled
 
 Sampler = Callable[[mx.array], mx.array]  # logits [B, V] -> token ids [B] (uint32)
 
@@ -34,6 +35,8 @@ def top_p_mask(logits: mx.array, top_p: float) -> mx.array:
 
 class SamplerState:
     """A sampler with its own PRNG key chain: same seed, same logits -> same tokens."""
+
+    lockstep = False  # True: other processes replay its choices, so generation decides nothing from timings
 
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None):
         if not (temperature >= 0.0) or temperature != temperature:
@@ -63,8 +66,23 @@ class SamplerState:
 
     def __call__(self, logits: mx.array) -> mx.array:
         if self.greedy:
-            return mx.argmax(logits.astype(mx.float32), axis=-1).astype(mx.uint32)
+            return _argmax(logits)
         return mx.random.categorical(self.process(logits), key=self.next_key()).astype(mx.uint32)
+
+    # speculative verification (generate.py) asks the sampler, so that a sampler can share its choices
+    # with other processes (distributed.BroadcastSampler)
+
+    def targets(self, logits: mx.array) -> mx.array:
+        """Greedy choices after each position of logits [..., V] (uint32)."""
+        return _argmax(logits)
+
+    def accept(self, draft: Sequence[int], logits: mx.array) -> tuple[int, int]:
+        """(draft tokens kept, the token after them) for processed logits [k+1, V] (sampling)."""
+        return accept_sampled(draft, logits, self.next_key())
+
+
+def _argmax(logits: mx.array) -> mx.array:
+    return mx.argmax(logits.astype(mx.float32), axis=-1).astype(mx.uint32)
 
 
 def make_sampler(temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None) -> Sampler:

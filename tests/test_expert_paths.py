@@ -42,3 +42,23 @@ def test_auto_path_per_backend_on_this_machine():
     assert path.inner.compute_dtype == mx.float32  # the CPU wheel's MXFP4 matmul is slow on bf16 input
     with pytest.raises(ValueError, match="expert path must be one of"):
         choose_expert_path("fastest")
+
+
+@pytest.mark.parametrize("name", ["twin", "mlx", "host"])
+@pytest.mark.parametrize("tokens", [3, 40])  # decode-sized and prefill-sized (sorted / host BLAS)
+def test_every_path_hands_out_its_float32_sum_unrounded_on_request(name, tokens):
+    """An expert-parallel rank exchanges float32 partial sums; rounding them to bf16 first changes tokens."""
+    from gptoss_metal.metal_runtime.diagnostics import probe_layer
+
+    layer = probe_layer(num_experts=4, hidden=64, intermediate=64)
+    path = choose_expert_path(name)
+    if isinstance(path, HostPath):
+        path.min_rows_per_expert = 1  # take the host BLAS route even for this small layer
+    x = mx.random.normal((tokens, 64), key=mx.random.key(3)).astype(mx.bfloat16)
+    idx, w = path.route(mx.random.normal((tokens, 4), key=mx.random.key(4)), 2)
+    wide = path.experts(x, idx, w, layer, out_dtype=mx.float32)
+    plain = path.experts(x, idx, w, layer)
+    assert wide.dtype == mx.float32 and plain.dtype == mx.bfloat16
+    np.testing.assert_array_equal(np.array(wide.astype(mx.bfloat16).astype(mx.float32)),
+                                  np.array(plain.astype(mx.float32)))
+    assert float(mx.abs(wide - wide.astype(mx.bfloat16).astype(mx.float32)).max()) > 0  # really unrounded

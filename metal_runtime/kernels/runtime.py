@@ -159,7 +159,7 @@ class KernelSet:
 
     # -- experts ---------------------------------------------------------------------------
 
-    def _experts_call(self, x: mx.array, idx: mx.array, w: mx.array, m) -> mx.array:
+    def _experts_call(self, x: mx.array, idx: mx.array, w: mx.array, m, out_dtype) -> mx.array:
         n, k = idx.shape
         hidden, inter = x.shape[-1], m.gate_proj.weight.shape[1]
         up = sources.experts_up_launch(n, k, hidden, inter, m.limit, m.alpha)
@@ -167,33 +167,40 @@ class KernelSet:
             inputs=[x, idx, m.gate_proj.weight, m.gate_proj.scales, m.gate_proj.bias, m.up_proj.weight,
                     m.up_proj.scales, m.up_proj.bias],
             output_shapes=[(n, k, inter)], output_dtypes=[mx.float32], **up)
-        down = sources.experts_down_launch(n, k, hidden, inter, x.dtype)
+        down = sources.experts_down_launch(n, k, hidden, inter, out_dtype)
         (y,) = self._kernel("experts_down")(
             inputs=[act, idx, w.astype(mx.float32), m.down_proj.weight, m.down_proj.scales, m.down_proj.bias],
-            output_shapes=[(n, hidden)], output_dtypes=[x.dtype], **down)
+            output_shapes=[(n, hidden)], output_dtypes=[out_dtype], **down)
         return y
 
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, m, fallback: Optional[ExpertsFn] = None) -> mx.array:
-        """y [N, H] for N <= 8 tokens: kernels where they passed their self-test, else `fallback` (the twins)."""
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, m, fallback: Optional[ExpertsFn] = None,
+                out_dtype: Optional[mx.Dtype] = None) -> mx.array:
+        """y [N, H] for N <= 8 tokens: kernels where they passed their self-test, else `fallback` (the twins).
+
+        `out_dtype` (default x's) is what the kernel writes: its sum over k is float32 inside.
+        """
         fallback = fallback or twin_experts
+        out_dtype = out_dtype or x.dtype
         hidden, inter = x.shape[-1], m.gate_proj.weight.shape[1]
         key = ("experts", hidden, inter, m.num_experts, idx.shape[-1], str(x.dtype))
+        if out_dtype != x.dtype:  # a separate configuration (kept out of the usual key: stored verdicts stay valid)
+            key += (str(out_dtype),)
         if self.active and idx.shape[0] <= MAX_KERNEL_TOKENS:
             def selftest() -> tuple[bool, str]:
                 probe = mx.random.normal((2, hidden), key=mx.random.key(11)).astype(x.dtype)
                 pidx = (mx.arange(2 * idx.shape[-1]).reshape(2, -1) % m.num_experts).astype(mx.uint32)
                 pw = mx.softmax(mx.random.normal(pidx.shape, key=mx.random.key(12)), axis=-1)
-                got = self._experts_call(probe, pidx, pw, m)
-                want = twin_experts(probe, pidx, pw, m)
+                got = self._experts_call(probe, pidx, pw, m, out_dtype)
+                want = twin_experts(probe, pidx, pw, m, out_dtype)
                 ok, err = _agrees(got, want, rtol=1e-2 if x.dtype != mx.float32 else 1e-3)
                 return ok, f"max error {err:.2e} vs twin"
 
-            if self._checked(key, selftest, lambda: self._experts_call(x, idx, w, m),
-                             lambda: fallback(x, idx, w, m)):
-                return self._experts_call(x, idx, w, m)
-        return fallback(x, idx, w, m)
+            if self._checked(key, selftest, lambda: self._experts_call(x, idx, w, m, out_dtype),
+                             lambda: fallback(x, idx, w, m, out_dtype)):
+                return self._experts_call(x, idx, w, m, out_dtype)
+        return fallback(x, idx, w, m, out_dtype)
 
 
-def twin_experts(x: mx.array, idx: mx.array, w: mx.array, m) -> mx.array:
+def twin_experts(x: mx.array, idx: mx.array, w: mx.array, m, out_dtype: Optional[mx.Dtype] = None) -> mx.array:
     act = experts_up_twin(x, idx, m.gate_proj, m.up_proj, m.limit, m.alpha)
-    return experts_down_twin(act, idx, w, m.down_proj, x.dtype)
+    return experts_down_twin(act, idx, w, m.down_proj, out_dtype or x.dtype)
