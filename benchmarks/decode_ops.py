@@ -81,9 +81,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--depths", default="128,4096")
+    ap.add_argument("--vocab", type=int, default=201088)
     ap.add_argument("--workdir", default="benchmarks/.work")
     a = ap.parse_args()
-    path = ensure_checkpoint(Path(a.workdir), a.layers, 201088)
+    path = ensure_checkpoint(Path(a.workdir), a.layers, a.vocab)
     from mlx_lm.models.cache import make_prompt_cache
     from mlx_lm.utils import load_model
 
@@ -91,7 +92,7 @@ def main() -> None:
 
     ours, theirs = load(path), load_model(path)[0]
     arch = ours.args
-    print(f"\n### one decode step: 20b width, {a.layers} layers (+ unembedding and greedy pick)\n")
+    print(f"\n### one decode step: 20b width, {a.layers} layers, vocab {a.vocab} (+ unembedding and greedy pick)\n")
     print(f"MLX {mx.__version__} ({backend()}); ops counted as a GPU backend sees them.\n")
     print("| depth | compute ops gptoss : mlx-lm | per layer gptoss : mlx-lm | graph build ms gptoss : mlx-lm |")
     print("|---|---|---|---|")

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving import free_port
+from serving import free_port, stop_process
 
 SECONDS = float(os.environ.get("GPTOSS_SOAK_SECONDS", "60"))
 CLIENTS = 8
@@ -202,10 +202,6 @@ def test_soak(tiny_runtime, tmp_path):
         assert final.status_code == 200 and final.json()["choices"][0]["finish_reason"] in ("stop", "length")
         assert server.poll() is None
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
     text = log.read_text()
     assert "Traceback" not in text and "Exception in ASGI application" not in text, text[-3000:]
