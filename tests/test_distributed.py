@@ -231,9 +231,11 @@ def test_a_killed_rank_ends_the_group(tiny_runtime, tmp_path):
     os.kill(follower, signal.SIGKILL)
     out = seen.finish(timeout=60)
     assert time.monotonic() - t0 < 20, out  # the 10 s watchdog at most, plus the launcher's own steps
-    assert _exit_codes(out).get(1) == -9, out
+    # mlx.launch saw rank 1 end: by our SIGKILL, or (a race between its per-rank threads: rank 0 ended
+    # first and the launcher stopped rank 1 before its thread polled it) "was killed" by the launcher.
+    assert _exit_codes(out).get(1) == -9 or "Node with rank 1 was killed" in out, out
     assert len(_gptoss_lines(out)) <= 1, out  # mlx.launch names the killed rank; at most rank 0 adds a line
-    assert "Traceback" not in out
+    assert "Traceback" not in out, out
 
 
 class Lines:
