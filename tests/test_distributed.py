@@ -73,7 +73,19 @@ def finish(proc: subprocess.Popen, timeout: float = 180) -> str:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         pytest.fail(f"the group did not end within {timeout} s:\n{out}")
-    return "\n".join(line for line in out.splitlines() if not any(n in line for n in NOISE))
+    return without_noise(out)
+
+
+def without_noise(out: str) -> str:
+    """The output without MLX ring's chatter. A rank's chatter may end without a newline when the
+    launcher writes its own warning, so a noisy line keeps any launcher warning it carries."""
+    kept = []
+    for line in out.splitlines():
+        if any(n in line for n in NOISE):
+            line = line[line.index("[WARN]"):] if "[WARN]" in line else ""
+        if line:
+            kept.append(line)
+    return "\n".join(kept)
 
 
 def run_ranks(n: int, *args: str, env: dict | None = None, timeout: float = 180) -> str:
@@ -231,9 +243,7 @@ def test_a_killed_rank_ends_the_group(tiny_runtime, tmp_path):
     os.kill(follower, signal.SIGKILL)
     out = seen.finish(timeout=60)
     assert time.monotonic() - t0 < 20, out  # the 10 s watchdog at most, plus the launcher's own steps
-    # mlx.launch saw rank 1 end: by our SIGKILL, or (a race between its per-rank threads: rank 0 ended
-    # first and the launcher stopped rank 1 before its thread polled it) "was killed" by the launcher.
-    assert _exit_codes(out).get(1) == -9 or "Node with rank 1 was killed" in out, out
+    assert _exit_codes(out).get(1) == -9, out
     assert len(_gptoss_lines(out)) <= 1, out  # mlx.launch names the killed rank; at most rank 0 adds a line
     assert "Traceback" not in out, out
 
@@ -261,7 +271,7 @@ class Lines:
             self.proc.wait()
             pytest.fail(f"the group did not end within {timeout} s:\n{''.join(self.lines)}")
         self._reader.join(5)
-        return "".join(line for line in self.lines if not any(n in line for n in NOISE))
+        return without_noise("".join(self.lines))
 
 
 def _wait_for_rank(launcher: int, rank: int, timeout: float = 60) -> int:
