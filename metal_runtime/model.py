@@ -7,6 +7,7 @@ gains, and sliding-window caches are exact under chunked prefill, trimming and s
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Union
 
@@ -31,7 +32,24 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.rms_norm(x.astype(mx.float32), self.weight, self.eps).astype(x.dtype)
+        return self.widened(x.astype(mx.float32), x.dtype)
+
+    def widened(self, x32: mx.array, dtype: mx.Dtype) -> mx.array:
+        """The norm of an input already in float32 (a residual add hands it over), cast to `dtype`."""
+        return mx.fast.rms_norm(x32, self.weight, self.eps).astype(dtype)
+
+
+@functools.partial(mx.compile, shapeless=True)
+def add_widened(x: mx.array, a: mx.array) -> tuple[mx.array, mx.array]:
+    """The residual sum and its float32 copy for the next RMSNorm, in one kernel (values unchanged)."""
+    h = x + a
+    return h, h.astype(mx.float32)
+
+
+@functools.partial(mx.compile, shapeless=True)
+def add_rounded(h: mx.array, y32: mx.array) -> mx.array:
+    """The residual sum with the MoE output rounded from float32 once, in one kernel (values unchanged)."""
+    return h + y32.astype(h.dtype)
 
 
 class Attention(nn.Module):
@@ -83,8 +101,8 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
     def __call__(self, x: mx.array, mask, cache=None, offset=0) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x), mask, cache, offset)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        h, h32 = add_widened(x, self.self_attn(self.input_layernorm(x), mask, cache, offset))
+        return add_rounded(h, self.mlp(self.post_attention_layernorm.widened(h32, h.dtype), out_dtype=mx.float32))
 
 
 def _uncached_masks(n: int, window: int) -> tuple[Mask, Mask]:

@@ -11,7 +11,7 @@ rank holds a slice of the experts of every layer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -73,8 +73,9 @@ class MLPBlock(nn.Module):
         self.experts = SwitchMXFP4GLU(num_experts, hidden, intermediate, limit, alpha)
         self.path = path
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, out_dtype: Optional[mx.Dtype] = None) -> mx.array:
+        """`out_dtype` float32 hands out the k-expert sum unrounded (the block rounds it in its residual add)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         idx, w = self.path.route(self.router(flat), self.experts_per_token)
-        return self.path.experts(flat, idx, w, self.experts).reshape(shape)
+        return self.path.experts(flat, idx, w, self.experts, out_dtype).reshape(shape)
