@@ -226,3 +226,23 @@ def test_bf16_logits_stay_within_the_error_of_the_references_own_bf16_run(tiny_r
     assert ours.max() <= 1.25 * bound.max(), (ours.max(), bound.max())
     assert ours.mean() <= 1.5 * bound.mean(), (ours.mean(), bound.mean())
     assert (got.argmax(-1) == ref_logits.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32])
+def test_fused_residual_adds_give_the_unfused_values_bit_for_bit(dtype):
+    """The compiled residual kernels are only fewer launches: every value equals the separate ops'."""
+    from gptoss_metal.metal_runtime.model import add_rounded, add_widened
+
+    rng = np.random.default_rng(7)
+    x, a = (mx.array(rng.standard_normal((3, 5, 2880)) * s).astype(dtype) for s in (30.0, 0.01))
+    y32 = mx.array(rng.standard_normal((3, 5, 2880)) * 3.0).astype(mx.float32)
+    h, h32 = add_widened(x, a)
+    assert h.dtype == dtype and h32.dtype == mx.float32
+    assert np.array_equal(np.array(h.astype(mx.float32)), np.array((x + a).astype(mx.float32)))
+    assert np.array_equal(np.array(h32), np.array((x + a).astype(mx.float32)))
+    r = add_rounded(x, y32)
+    assert r.dtype == dtype
+    assert np.array_equal(np.array(r.astype(mx.float32)), np.array((x + y32.astype(dtype)).astype(mx.float32)))
+    # rounding the float32 sum once differs from adding in float32 and rounding after: the test can tell
+    assert dtype == mx.float32 or not np.array_equal(np.array(r.astype(mx.float32)),
+                                                     np.array((x.astype(mx.float32) + y32).astype(dtype).astype(mx.float32)))
