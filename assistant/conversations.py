@@ -91,6 +91,8 @@ class ConversationStore:
         self.path = Path(path).expanduser()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(self.path, timeout=10.0)) as db:
+                db.execute("PRAGMA journal_mode = WAL")  # stored in the file: once, not per connection
             with self._connect() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
@@ -107,8 +109,7 @@ class ConversationStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         with closing(sqlite3.connect(self.path, timeout=10.0)) as db:
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA foreign_keys = ON")  # a per-connection setting
             with db:  # one transaction: committed on success, rolled back on error
                 yield db
 
@@ -175,15 +176,16 @@ class ConversationStore:
     # -- messages ---------------------------------------------------------------------------
 
     def save_messages(self, conv_id: str, messages: list[dict[str, Any]],
-                      figures: dict[int, dict[str, Any]]) -> bool:
-        """Replace the conversation's messages (one transaction); False if it was deleted meanwhile."""
+                      figures: dict[int, dict[str, Any]], first: int = 0) -> bool:
+        """Replace the conversation's messages from position `first` on (the ones before it are stored
+        already and unchanged), in one transaction; False if it was deleted meanwhile."""
         with self._connect() as db:
             cur = db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), conv_id))
             if cur.rowcount != 1:
                 return False
-            db.execute("DELETE FROM messages WHERE conversation_id = ?", (conv_id,))
+            db.execute("DELETE FROM messages WHERE conversation_id = ? AND position >= ?", (conv_id, first))
             db.executemany(
                 "INSERT INTO messages VALUES (?, ?, ?, ?)",
-                [(conv_id, i, json.dumps(m, ensure_ascii=False),
-                  json.dumps(figures[i]) if i in figures else None) for i, m in enumerate(messages)])
+                [(conv_id, i, json.dumps(messages[i], ensure_ascii=False),
+                  json.dumps(figures[i]) if i in figures else None) for i in range(first, len(messages))])
         return True

@@ -36,7 +36,7 @@ from gptoss_metal.harmony_io.parser import Done
 from gptoss_metal.metal_runtime import GenerationStats, Model, RuntimeUserError, generate
 from gptoss_metal.metal_runtime.batch import BatchDecoder
 from gptoss_metal.metal_runtime.generate import default_prefill_chunk
-from gptoss_metal.metal_runtime.prompt_cache import PromptCache
+from gptoss_metal.metal_runtime.prompt_cache import PromptCache, common_prefix
 from gptoss_metal.metal_runtime.sampling import SamplerState
 
 from .lockstep import CLOSE, HEARTBEAT_S, IDLE, REQUEST, Lockstep, RequestMessage
@@ -319,10 +319,11 @@ class DecodeLoop:
             mine = [s for s in free if self.key_of.get(id(s)) == key]
             if mine:
                 return mine[0]
-        candidates = [s for s in free if key is None or self.key_of.get(id(s)) in (None, key)]
-        continued = [s for s in candidates if s.tokens and _common_prefix(s.tokens, prompt) >= _last_prompt_end(s)]
+        candidates = [s for s in free if s.tokens and (key is None or self.key_of.get(id(s)) in (None, key))]
+        shared = {id(s): common_prefix(s.tokens, prompt) for s in candidates}
+        continued = [s for s in candidates if shared[id(s)] >= _last_prompt_end(s)]
         if continued:
-            return max(continued, key=lambda s: _common_prefix(s.tokens, prompt))
+            return max(continued, key=lambda s: shared[id(s)])
         empty = [s for s in free if not s.tokens]
         if empty:
             return empty[0]
@@ -561,10 +562,3 @@ def _last_prompt_end(slot: PromptCache) -> int:
     """Where the cache's last prompt ended (its latest snapshot), or all it holds."""
     return max((n for n, _ in slot.snapshots), default=len(slot.tokens))
 
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

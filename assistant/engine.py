@@ -99,10 +99,6 @@ class Engine:
                    cache_slots=cache_slots, kv_budget_bytes=kv_budget_bytes,
                    lockstep=Lockstep(group, guard) if group is not None else None)
 
-    @property
-    def cache_slots(self) -> int:
-        return len(self.slots)
-
     def follow(self) -> None:
         """A rank other than 0: run what rank 0's engine runs until it closes (every rank's caches stay alike)."""
         if self.lockstep is None or self.lockstep.leader:

@@ -11,11 +11,11 @@ import re
 from typing import Any
 
 from .conversations import Conversation
-from .session import SAVE_VERSION
+from .session import saved_conversation
 
 
 def to_json(conv: Conversation) -> dict[str, Any]:
-    return {"version": SAVE_VERSION, "system": conv.system, "effort": conv.effort, "messages": conv.messages,
+    return {**saved_conversation(conv.system, conv.effort, conv.messages),
             "title": conv.title, "id": conv.id, "created": conv.created, "python": conv.python,
             "current_date": conv.current_date,
             "figures": {str(k): v for k, v in sorted(conv.figures.items())}}

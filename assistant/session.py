@@ -33,6 +33,11 @@ from .tools.python_tool import PythonTool
 SAVE_VERSION = 2  # 1: exact history was stored under "harmony_messages"
 
 
+def saved_conversation(system: Optional[str], effort: str, messages: list[dict]) -> dict[str, Any]:
+    """The save format's content (what `ChatSession.load` reads; exports add their own fields)."""
+    return {"version": SAVE_VERSION, "system": system, "effort": effort, "messages": messages}
+
+
 @dataclass
 class ToolResult:
     """A tool ran for a call of the model; `output` is what the model will read."""
@@ -253,7 +258,7 @@ class ChatSession:
     # -- persistence -------------------------------------------------------------------------
 
     def save(self, path: Union[str, Path]) -> None:
-        data = {"version": SAVE_VERSION, "system": self.system, "effort": self.effort, "messages": self.messages}
+        data = saved_conversation(self.system, self.effort, self.messages)
         Path(path).expanduser().write_text(json.dumps(data, ensure_ascii=False, indent=1))
 
     def load(self, path: Union[str, Path]) -> None:

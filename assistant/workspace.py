@@ -109,7 +109,6 @@ class Workspace:
         if conv is None:
             raise NoSuchConversation(f"no conversation {conv_id!r} (it may have been deleted)")
         session = self.session_for(conv)
-        figures = dict(conv.figures)
         if mode in ("regenerate", "edit"):
             previous = session.undo_last_turn()
             if previous is None:
@@ -119,7 +118,7 @@ class Workspace:
             raise HarmonyIOError(f"unknown turn mode {mode!r} (send, regenerate, edit)")
         if not text or not text.strip():
             raise HarmonyIOError("the message is empty")
-        figures = {i: f for i, f in figures.items() if i < len(session.messages)}
+        figures = {i: f for i, f in conv.figures.items() if i < len(session.messages)}
         first_user = not any(m.get("role") == "user" for m in session.messages)
         if first_user and conv.title == DEFAULT_TITLE:
             self.store.update(conv_id, title=title_from(text))
@@ -128,8 +127,8 @@ class Workspace:
             yield from session.send(text, should_stop=should_stop)
         finally:
             report = session.last_turn
+            shown = report.figures() if report is not None else {}
             if report is not None and len(session.messages) > start and report.steps:
-                figures[len(session.messages) - 1] = report.figures()
-            self.store.save_messages(conv_id, session.messages, figures)
-        report = session.last_turn
-        yield TurnFinished(report.figures() if report else {}, bool(report and report.interrupted))
+                figures[len(session.messages) - 1] = shown
+            self.store.save_messages(conv_id, session.messages, figures, first=start)
+        yield TurnFinished(shown, bool(report and report.interrupted))

@@ -85,6 +85,20 @@ def test_store_round_trip_survives_reopening(tmp_path, store):
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0  # cascade
 
 
+def test_saving_from_a_position_replaces_only_the_tail(store):
+    c = store.create()
+    msgs = [{"role": "user", "content": f"m{i}"} for i in range(4)]
+    assert store.save_messages(c.id, msgs, {1: {"prompt_tokens": 1}, 3: {"prompt_tokens": 3}})
+    # a regenerated last turn: positions 2 and 3 replaced by three new messages, the head kept as stored
+    new = msgs[:2] + [{"role": "user", "content": "again"}, {"role": "assistant", "content": "a"},
+                      {"role": "assistant", "content": "b"}]
+    assert store.save_messages(c.id, new, {1: {"prompt_tokens": 1}, 4: {"prompt_tokens": 5}}, first=2)
+    got = store.get(c.id)
+    assert got.messages == new and got.figures == {1: {"prompt_tokens": 1}, 4: {"prompt_tokens": 5}}
+    assert store.save_messages(c.id, new[:2], {1: {"prompt_tokens": 1}}, first=2)  # a turn that did not happen
+    assert store.get(c.id).messages == msgs[:2]
+
+
 def test_store_refuses_a_file_that_is_not_a_database(tmp_path):
     bad = tmp_path / "conversations.sqlite3"
     bad.write_bytes(b"this is not sqlite" * 100)
