@@ -144,6 +144,7 @@ def test_reasoning_streams_then_the_answer_with_the_tool_call_folded(page, serve
     assert page.inner_text("#conv-title") == QUESTION
     shoot(page, tmp_path, "03-answer-tool-open")
     page.emulate_media(color_scheme="dark")
+    page.wait_for_timeout(300)  # let .btn's background transition (0.15 s) finish before the shot
     shoot(page, tmp_path, "04-answer-dark")
     assert not page.errors, page.errors
 
@@ -190,6 +191,8 @@ def test_conversation_survives_a_server_restart_and_regenerate_and_edit_work(pag
     page.wait_for_selector(".error-card")
     assert "cannot be reached" in page.inner_text("#banner") or "went away" in page.inner_text("#banner")
     assert page.get_attribute("#server-status", "class") == "dot down"
+    until(page, "!document.querySelector('#app').classList.contains('busy')")  # the read-back failed too
+    assert page.eval_on_selector_all(".error-card", "cs => cs.length") == 1  # one error card, not two
     shoot(page, tmp_path, "06-server-gone")
     with gptoss_serve(model, data, port=port) as url:
         until(page, "document.querySelector('#banner').hidden", 30)  # it noticed the server is back

@@ -31,9 +31,6 @@ function hideBanner() { ui.banner.hidden = true; }
 
 function describe(e) {
   if (!(e instanceof ApiError)) return String(e && e.message ? e.message : e);
-  if (e.status === 0) return e.message;
-  if (e.status === 429) return `The model is busy: ${e.message}`;
-  if (e.code === "context_length_exceeded") return e.message;
   return e.message;
 }
 
@@ -214,8 +211,7 @@ async function runTurn(body, userText) {
   conv.messages = null; // stale until the turn ends and the stored conversation is read back
   ui.messages.textContent = "";
   ui.empty.hidden = true;
-  const lastUser = turns.map((t) => t.role).lastIndexOf("user");
-  turns.forEach((t, i) => ui.messages.append(t.role === "user"
+  turns.forEach((t) => ui.messages.append(t.role === "user"
     ? userView(t, { canEdit: false, onEdit: startEdit })
     : new AssistantView(t, { isLast: false }).el));
   ui.messages.append(userView({ role: "user", text: userText }, { canEdit: false }));

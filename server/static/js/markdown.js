@@ -5,10 +5,9 @@
 //    clicked (no prefetch, no referrer, new tab);
 // 3. the server's Content-Security-Policy (img-src 'self' data:, no inline script) behind both.
 
+const OPTIONS = { html: false, linkify: true, breaks: false };
 const md = window.markdownit({
-  html: false,
-  linkify: true,
-  breaks: false,
+  ...OPTIONS,
   highlight(code, lang) {
     const hljs = window.hljs;
     try {
@@ -20,6 +19,8 @@ const md = window.markdownit({
     return ""; // markdown-it escapes the code itself
   },
 });
+// While a turn streams the text is re-rendered every frame: no highlighting then (the final render has it).
+const mdLive = window.markdownit(OPTIONS);
 
 const SAFE_IMAGE = /^data:image\/(png|gif|jpe?g|webp);base64,/i;
 
@@ -53,8 +54,8 @@ const PURIFY = {
   FORBID_ATTR: ["style", "srcset", "ping", "formaction", "background"],
 };
 
-export function renderMarkdown(text) {
-  return window.DOMPurify.sanitize(md.render(text || ""), PURIFY);
+export function renderMarkdown(text, { live = false } = {}) {
+  return window.DOMPurify.sanitize((live ? mdLive : md).render(text || ""), PURIFY);
 }
 
 export function copyText(text) {
@@ -84,8 +85,9 @@ export function copyButton(getText, label = "Copy") {
 }
 
 // Put rendered Markdown into `el` and give each code block a header with its language and a copy button.
-export function fillMarkdown(el, text) {
-  el.innerHTML = renderMarkdown(text);
+// `live`: the text is still streaming, so code blocks are not highlighted yet.
+export function fillMarkdown(el, text, { live = false } = {}) {
+  el.innerHTML = renderMarkdown(text, { live });
   for (const pre of el.querySelectorAll("pre")) {
     const code = pre.querySelector("code");
     const lang = code && [...code.classList].find((c) => c.startsWith("language-"));

@@ -112,6 +112,7 @@ export class AssistantView {
     this.views = [];
     this.pending = new Set();
     this.frame = 0;
+    this.finished = false;
     for (const b of turn.blocks) this.addBlock(b);
     if (!live) this.finish();
     else this.setStatus("Thinking…", true);
@@ -119,7 +120,6 @@ export class AssistantView {
 
   setStatus(text, busy = false) {
     this.status.textContent = "";
-    this.status.classList.toggle("busy", busy);
     if (!text) return;
     if (busy) this.status.append(el("span", "spinner"));
     this.status.append(el("span", "", text));
@@ -170,12 +170,10 @@ export class AssistantView {
           out.textContent = done ? (block.output || "(no output)") : "";
         },
       };
-    } else if (block.kind === "preamble") {
-      const p = el("div", "preamble markdown");
-      v = { block, node: p, update: () => fillMarkdown(p, block.text) };
     } else {
-      const a = el("div", "answer markdown");
-      v = { block, node: a, update: () => fillMarkdown(a, block.text) };
+      // preamble or answer: Markdown, highlighted only once the text is final
+      const node = el("div", `${block.kind === "preamble" ? "preamble" : "answer"} markdown`);
+      v = { block, node, update: () => { v.rough = this.live; fillMarkdown(node, block.text, { live: this.live }); } };
     }
     this.views.push(v);
     this.body.append(v.node);
@@ -284,11 +282,13 @@ export class AssistantView {
   }
 
   finish() {
+    if (this.finished) return; // e.g. a failed turn whose read-back also fails: one error card, not two
+    this.finished = true;
     this.live = false;
-    for (const p of this.pending) p.update();
+    for (const v of this.views) if (this.pending.has(v) || v.rough) v.update(); // the final, highlighted render
     this.pending.clear();
     this.closeReasoning();
-    for (const v of this.views) if (v.block.kind === "reasoning" && v.label) v.label.textContent = v.closed ? v.label.textContent : "Reasoning";
+    for (const v of this.views) if (v.block.kind === "reasoning" && !v.closed) v.label.textContent = "Reasoning";
     this.setStatus("");
     this.foot.textContent = "";
     const t = this.turn;
