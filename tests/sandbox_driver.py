@@ -1,11 +1,12 @@
 """Runs the python tool in a process of its own, for tests that must survive broken containment.
 
-    python sandbox_driver.py '{"scenario": "bomb", "namespaces": true, "max_processes": 16}'
+    python sandbox_driver.py '{"namespaces": true, "max_processes": 16}'
 
-Prints one JSON line: what happened, the peak number of live processes the sandbox held, and
-which of its processes were left afterwards. The test runs this under an outer limit (its own
-session, killed at the end, a wall-clock timeout, prlimit), and the bomb bounds itself too
-(2**9 = 512 processes at most), so a broken containment cannot take the machine down.
+Runs a fork bomb in the tool and prints one JSON line: what happened, the peak number of live
+processes the sandbox held, and which of its processes were left afterwards. The test runs this
+under an outer limit (its own session, killed at the end, a wall-clock timeout, prlimit), and the
+bomb bounds itself too (2**9 = 512 processes at most), so a broken containment cannot take the
+machine down.
 Works with the system's python3 as an unprivileged user (stdlib + the tools package only).
 """
 
@@ -32,22 +33,17 @@ time.sleep(60)
 """
 
 
-def marked(work_dir: str) -> list[int]:
-    """Live processes whose command line names this sandbox's folder: the interpreter, its
-    supervisor and init, and every copy of it the code forked."""
+def marked(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (a sandbox's folder: the interpreter, its
+    supervisor and init, and every copy of it the code forked)."""
     out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid in processes.process_table(live_only=True):
         try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read()
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    out.append(pid)
+        except OSError:
             continue
-        if work_dir.encode() in cmd and state not in (b"Z", b"X"):
-            out.append(int(name))
     return out
 
 

@@ -90,3 +90,13 @@ def test_crash_restarts_cleanly(tool):
     out = tool.run("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     assert out.status == "crashed" and "signal" in out.text
     assert tool.run("1").text.strip() == "1"
+
+
+def test_the_child_interpreter_is_asked_where_it_lives_once():
+    from gptoss_metal.assistant.tools import python_tool, sandbox_paths
+
+    python_tool._asked_interpreter_info.cache_clear()
+    info = python_tool._interpreter_info(sys.executable)
+    assert info is python_tool._interpreter_info(sys.executable)  # one extra Python per executable, not per start
+    assert python_tool._asked_interpreter_info.cache_info().misses == 1
+    assert info.keys() == sandbox_paths.interpreter_info().keys() and info["prefix"] == sys.prefix

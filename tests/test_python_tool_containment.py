@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from gptoss_metal.assistant.tools import processes
 from gptoss_metal.assistant.tools.python_tool import PythonTool, PythonToolLimits, remove_stale_folders
+from sandbox_driver import marked  # live processes whose command line contains a text
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux containment (macOS: see test_sandbox_profile.py)")
 
@@ -46,34 +48,15 @@ def needs_pid_namespace(tool: PythonTool) -> None:
         pytest.skip(f"no unprivileged pid namespace here: {tool.containment.get('namespaces')}")
 
 
-def marked(text: str) -> list[int]:
-    """Live processes whose command line contains `text`."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{name}/cmdline").read_bytes()
-            state = Path(f"/proc/{name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if text.encode() in cmd and state not in (b"Z", b"X"):
-            out.append(int(name))
-    return out
-
-
 def in_pid_namespace(ns: str) -> list[int]:
     """Live processes of the pid namespace `ns` (as readlink(/proc/PID/ns/pid) names it)."""
     out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.readlink(f"/proc/{name}/ns/pid") == ns:
-                    state = Path(f"/proc/{name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-                    if state not in (b"Z", b"X"):
-                        out.append(int(name))
-            except (OSError, IndexError):
-                continue
+    for pid in processes.process_table(live_only=True):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") == ns:
+                out.append(pid)
+        except OSError:
+            continue
     return out
 
 
@@ -294,7 +277,7 @@ def test_a_fork_bomb_is_bounded_and_leaves_nothing():
     sandbox pid namespace's own pid_max (kernel >= 6.14): ~300 processes. The bomb asks for 512."""
     prlimit = ["prlimit", "--nproc=4096:4096", "--"] if shutil.which("prlimit") else []
     res = _run_driver(prlimit + [sys.executable, str(TESTS / "sandbox_driver.py"),
-                                 json.dumps({"scenario": "bomb", "timeout_s": 4.0})])
+                                 json.dumps({"timeout_s": 4.0})])
     c = res["containment"]
     if not c.get("pid_max"):
         pytest.skip(f"no per-namespace pid_max here (kernel < 6.14, or no pid namespace): {c.get('namespaces')}")
@@ -339,8 +322,8 @@ def _unprivileged_driver_cmd(tmp_path: Path, args: dict) -> list[str]:
 def test_a_fork_bomb_of_an_unprivileged_user_stops_at_max_processes(public_tmp, namespaces):
     """The usual case: a normal user. RLIMIT_NPROC counts the sandbox's own user namespace (or, without
     namespaces, the user's processes plus the allowance)."""
-    res = _run_driver(_unprivileged_driver_cmd(public_tmp, {"scenario": "bomb", "max_processes": 16,
-                                                          "namespaces": namespaces, "timeout_s": 4.0}))
+    res = _run_driver(_unprivileged_driver_cmd(public_tmp, {"max_processes": 16, "namespaces": namespaces,
+                                                          "timeout_s": 4.0}))
     c = res["containment"]
     assert res["uid"] == 65534 and not c["root"]
     if namespaces:
@@ -383,10 +366,7 @@ def test_describe_says_what_is_missing():
 
 
 def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
+    return processes.parent_of(pid, live_only=True) is not None
 
 
 def test_a_reset_of_the_chat_session_resets_the_interpreter():

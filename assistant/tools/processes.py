@@ -2,6 +2,8 @@
 
 Used where the sandbox has no pid namespace: its processes are then found as descendants of the
 interpreter (a child subreaper on Linux, so orphans stay in its tree) and killed one by one.
+Stdlib only and import-free, like sandbox_paths: the sandboxed child (Linux) imports it by file
+path too, to count the user's tasks where it has no user namespace.
 """
 
 from __future__ import annotations
@@ -13,19 +15,29 @@ import sys
 import time
 
 
+def _stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state, parent pid, ...); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
+    return fields if len(fields) > 1 else None
+
+
+def _live(fields: list[bytes]) -> bool:
+    return fields[0] not in (b"Z", b"X")  # zombies: dead, not yet collected by their parent
+
+
 def _linux_table(live_only: bool = False) -> dict[int, int]:
     """pid -> parent pid of every process (without zombies if `live_only`)."""
     table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
-        if len(fields) > 1 and not (live_only and fields[0] in (b"Z", b"X")):
+        fields = _stat(name)
+        if fields is not None and (not live_only or _live(fields)):
             table[int(name)] = int(fields[1])
     return table
 
@@ -48,11 +60,20 @@ def process_table(live_only: bool = False) -> dict[int, int]:
     return _linux_table(live_only) if sys.platform.startswith("linux") else _ps_table()
 
 
-def descendants(pid: int, table: dict[int, int] | None = None, live_only: bool = False) -> list[int]:
+def parent_of(pid: int, live_only: bool = False) -> int | None:
+    """The parent pid of `pid`; None if there is no such process (or, with `live_only`, it is a zombie)."""
+    if not sys.platform.startswith("linux"):
+        return _ps_table().get(pid)
+    fields = _stat(pid)
+    if fields is None or (live_only and not _live(fields)):
+        return None
+    return int(fields[1])
+
+
+def descendants(pid: int, live_only: bool = False) -> list[int]:
     """Every process below `pid` in the tree (children, their children, ...), not `pid` itself."""
-    table = process_table(live_only) if table is None else table
     children: dict[int, list[int]] = {}
-    for p, parent in table.items():
+    for p, parent in process_table(live_only).items():
         children.setdefault(parent, []).append(p)
     out, todo = [], list(children.get(pid, []))
     while todo:
@@ -62,30 +83,28 @@ def descendants(pid: int, table: dict[int, int] | None = None, live_only: bool =
     return out
 
 
-def kill_descendants(pid: int, rounds: int = 100) -> int:
-    """SIGKILL everything below `pid` until nothing is left (a fork bomb refills while we kill);
-    returns how many kills were sent. `pid` should be stopped or unable to fork meanwhile."""
-    sent = 0
-    for _ in range(rounds):
+def kill_descendants(pid: int) -> None:
+    """SIGKILL everything below `pid` until nothing is left (a fork bomb refills while we kill; at
+    most 100 rounds). `pid` should be stopped or unable to fork meanwhile."""
+    for _ in range(100):
         found = descendants(pid, live_only=True)
         if not found:
             break
         for p in found:
             try:
                 os.kill(p, signal.SIGKILL)
-                sent += 1
             except (ProcessLookupError, PermissionError):
                 pass
         time.sleep(0.005)
-    return sent
 
 
-def user_tasks(uid: int) -> int:
-    """How many tasks (Linux: threads; macOS: processes) the user runs now: what RLIMIT_NPROC counts."""
+def user_tasks(uid: int, exclude_pid: int | None = None) -> int:
+    """How many tasks (Linux: threads; macOS: processes) the user runs now: what RLIMIT_NPROC counts;
+    `exclude_pid`'s own are left out (the sandbox's interpreter counting everything but itself)."""
     if sys.platform.startswith("linux"):
         total = 0
         for name in os.listdir("/proc"):
-            if not name.isdigit():
+            if not name.isdigit() or name == str(exclude_pid):
                 continue
             try:
                 with open(f"/proc/{name}/status") as f:
@@ -102,4 +121,4 @@ def user_tasks(uid: int) -> int:
         out = subprocess.run(["ps", "-U", str(uid), "-o", "pid="], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return 0
-    return len(out.split())
+    return len([p for p in out.split() if p != str(exclude_pid)])

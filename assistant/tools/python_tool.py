@@ -22,6 +22,7 @@ What it does NOT protect against (`containment` says what applied here):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -40,7 +41,7 @@ from .containment import describe
 
 HERE = Path(__file__).parent
 CHILD = HERE / "sandbox_child.py"
-CHILD_FILES = (CHILD, HERE / "sandbox_paths.py", HERE / "sandbox_linux.py")
+CHILD_FILES = (CHILD, HERE / "sandbox_paths.py", HERE / "sandbox_linux.py", HERE / "processes.py")
 KEPT_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
               "NUMEXPR_MAX_THREADS")
@@ -81,14 +82,17 @@ class PythonToolLimits:
     max_processes: int = 32  # processes and threads (Linux counts threads) the interpreter may run at once
 
 
+@functools.lru_cache(maxsize=None)
+def _asked_interpreter_info(executable: str) -> dict:
+    out = subprocess.run([executable, "-I", str(HERE / "sandbox_paths.py")], capture_output=True, text=True,
+                         timeout=30, check=True)
+    return json.loads(out.stdout)
+
+
 def _interpreter_info(executable: str) -> dict:
-    """Where the child's interpreter lives, asked from it (its sys.path under -I differs from ours)."""
-    code = ("import json, sys; print(json.dumps({'prefix': sys.prefix, 'exec_prefix': sys.exec_prefix, "
-            "'base_prefix': sys.base_prefix, 'base_exec_prefix': sys.base_exec_prefix, "
-            "'executable': sys.executable, 'path': sys.path}))")
+    """Where the child's interpreter lives, asked from it once (its sys.path under -I differs from ours)."""
     try:
-        out = subprocess.run([executable, "-I", "-c", code], capture_output=True, text=True, timeout=30, check=True)
-        return json.loads(out.stdout)
+        return _asked_interpreter_info(executable)  # a failure is not cached: the next start asks again
     except (OSError, subprocess.SubprocessError, json.JSONDecodeError):
         return sandbox_paths.interpreter_info()
 
@@ -159,10 +163,11 @@ class PythonTool:
             "memory_mb": self.limits.memory_mb, "cpu_seconds": self.limits.cpu_seconds,
             "file_mb": self.limits.file_mb, "max_output": self.limits.max_output,
             "max_processes": self.limits.max_processes, "timeout_s": self.limits.timeout_s,
-            "user_tasks": processes.user_tasks(os.getuid()), "read_paths": self.read_paths,
-            "home": os.path.expanduser("~"), "namespaces": self.namespaces, "landlock": self.landlock,
-            "sandbox_exec": use_sandbox_exec,
+            "read_paths": self.read_paths, "home": os.path.expanduser("~"), "namespaces": self.namespaces,
+            "landlock": self.landlock, "sandbox_exec": use_sandbox_exec,
         }
+        if not sys.platform.startswith("linux"):  # Linux: the child counts, only where it has no user namespace
+            cfg["user_tasks"] = processes.user_tasks(os.getuid())
         cmd = [sys.executable, "-I", "-B", str(CHILD), json.dumps(cfg)]
         if use_sandbox_exec:  # pragma: no cover - macOS only
             info = _interpreter_info(sys.executable)
@@ -201,7 +206,7 @@ class PythonTool:
             fd = os.pidfd_open(pid)
         except (AttributeError, OSError):
             return
-        if processes.process_table().get(pid) != self._proc.pid:  # not (or no longer) our supervisor's child
+        if processes.parent_of(pid) != self._proc.pid:  # not (or no longer) our supervisor's child
             os.close(fd)
             return
         self._init_pidfd, self.init_pid = fd, pid

@@ -45,9 +45,10 @@ sys.path.insert(0, HERE)
 import sandbox_paths  # noqa: E402
 
 if sys.platform.startswith("linux"):
+    import processes  # noqa: E402
     import sandbox_linux  # noqa: E402
 else:  # pragma: no cover - macOS
-    sandbox_linux = None
+    processes = sandbox_linux = None
 del sys.path[0]
 
 LINUX = sandbox_linux is not None
@@ -62,7 +63,7 @@ def set_limits(cfg, per_sandbox_count):
     if per_sandbox_count:
         nproc = cfg["max_processes"]
     else:
-        nproc = cfg.get("user_tasks", 0) + cfg["max_processes"]
+        nproc = user_tasks(cfg) + cfg["max_processes"]
     wanted = [
         ("address_space_mb", resource.RLIMIT_AS, cfg["memory_mb"] * 2**20, 2**20),
         ("cpu_seconds", resource.RLIMIT_CPU, cfg["cpu_seconds"], 1),
@@ -84,6 +85,14 @@ def set_limits(cfg, per_sandbox_count):
     applied["allowance"] = cfg["max_processes"]
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big write fails with EFBIG instead of killing us
     return applied
+
+
+def user_tasks(cfg):
+    """The user's tasks, this process left out (it did not exist yet where the parent counts them):
+    counted here on Linux, only where no user namespace counts per sandbox; elsewhere by the parent."""
+    if processes is None or "user_tasks" in cfg:
+        return cfg.get("user_tasks", 0)
+    return processes.user_tasks(os.getuid(), exclude_pid=os.getpid())
 
 
 def landlock(cfg, private_proc):

@@ -133,3 +133,9 @@ def macos_profile(*, work: str, io: str, home: str, python: Iterable[str], read_
         f"(allow process-exec* {_filters('subpath', allowed_exec)})",
     ]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # `python -I sandbox_paths.py`: how the parent asks the child's interpreter
+    import json
+
+    print(json.dumps(interpreter_info()))
