@@ -122,9 +122,11 @@ class Architecture:
         E = self.num_local_experts
         return [(E * r // ranks, E * (r + 1) // ranks) for r in range(ranks)]
 
-    def rank_bytes(self, ranks: int) -> list[int]:
-        """Weight bytes each expert-parallel rank holds: the dense weights (replicated) and its experts."""
-        b = self.stored_bytes()
+    def rank_bytes(self, ranks: int, stored: Optional["StoredBytes"] = None) -> list[int]:
+        """Weight bytes each expert-parallel rank holds: the dense weights (replicated) and its experts.
+
+        `stored`: the bytes of a checkpoint as measured (default what this architecture stores)."""
+        b = self.stored_bytes() if stored is None else stored
         return [b.dense + b.experts * (last - first) // self.num_local_experts for first, last in self.expert_split(ranks)]
 
     # -- validation -------------------------------------------------------------------------

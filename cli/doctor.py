@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gptoss_metal.architecture import StoredBytes
+
 from .errors import handle_user_errors
 from .group import Ranks, run_command
 from .launch import distributed_option, relaunch
@@ -56,14 +58,9 @@ def _group_info(ranks: Ranks | None, model_path: str | None) -> dict:
 
 def _split_projection(summary) -> list[dict]:
     """Memory per rank if MODEL_PATH were spread over N ranks: the dense weights plus 1/N of the experts."""
-    E = summary.arch.num_local_experts
-    dense = summary.tensor_bytes - summary.expert_bytes
-    out = []
-    for n in SPLITS:
-        if n <= E:
-            largest = max(last - first for first, last in summary.arch.expert_split(n))
-            out.append({"ranks": n, "bytes_per_rank": dense + summary.expert_bytes * largest // E})
-    return out
+    stored = StoredBytes(experts=summary.expert_bytes, dense=summary.tensor_bytes - summary.expert_bytes)
+    return [{"ranks": n, "bytes_per_rank": max(summary.arch.rank_bytes(n, stored))}
+            for n in SPLITS if n <= summary.arch.num_local_experts]
 
 
 def _doctor(ranks: Ranks | None, model_path: str | None, as_json: bool, retime: bool) -> None:

@@ -8,13 +8,16 @@ rank 0 until rank 0's engine closes, printing nothing unless something fails.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, NoReturn, Optional
 
-from gptoss_metal.metal_runtime.distributed import DistributedGroup, init_group, launched_backend, launched_rank
+from gptoss_metal.metal_runtime.distributed import (
+    DistributedGroup,
+    init_group,
+    launched_backend,
+    launched_rank,
+    launched_size,
+)
 from gptoss_metal.metal_runtime.guard import Guard
 
 from .errors import set_error_prefix, user_error_types
@@ -35,26 +38,13 @@ class Ranks:
         return self.group.leader
 
 
-def _size_from_env() -> int:
-    """The group's size before joining it (for messages only): the hostfile's length, else unknown."""
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    for var in ("MLX_HOSTFILE", "MLX_IBV_DEVICES"):
-        try:
-            return len(json.loads(Path(os.environ[var]).read_text()))
-        except (KeyError, OSError, ValueError, TypeError):
-            continue
-    return 0
-
-
 def run_command(body: Callable[[Optional[Ranks]], None]) -> None:
     """Run `body(None)` alone, or `body(ranks)` as a rank of the group this process was launched into."""
     if launched_backend() is None:  # raises a clear DistributedError when launched wrongly
         body(None)
         return
     rank = launched_rank()
-    guard = Guard(rank, _size_from_env()).install()
+    guard = Guard(rank, launched_size()).install()
     set_error_prefix(f"[rank {rank}/{guard.size}] ")
 
     def main() -> int:

@@ -63,9 +63,6 @@ class DistributedGroup:
     def leader(self) -> bool:
         return self.rank == 0
 
-    def describe(self) -> str:
-        return f"rank {self.rank} of {self.size} ({self.backend})"
-
 
 def launched_backend(env: Mapping[str, str] = os.environ) -> Optional[str]:
     """The backend `mlx.launch` set this process up for; None when not launched as one of several ranks.
@@ -74,18 +71,11 @@ def launched_backend(env: Mapping[str, str] = os.environ) -> Optional[str]:
     strict: a single rank is simply not distributed.
     """
     if "MLX_RANK" not in env:
-        mpi = env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE")  # `mlx.launch --backend mpi` runs mpirun
-        return "mpi" if mpi and mpi.isdigit() and int(mpi) > 1 else None
+        return "mpi" if launched_size(env) > 1 else None
     if "MLX_JACCL_COORDINATOR" in env or "MLX_IBV_DEVICES" in env:
         return "jaccl"
     if "MLX_HOSTFILE" in env:
-        try:
-            hosts = json.loads(Path(env["MLX_HOSTFILE"]).read_text().strip() or "null")
-        except OSError as e:
-            raise DistributedError(f"MLX_HOSTFILE={env['MLX_HOSTFILE']}: cannot read it ({e})") from None
-        except json.JSONDecodeError as e:
-            raise DistributedError(f"MLX_HOSTFILE={env['MLX_HOSTFILE']}: not the JSON mlx.launch writes ({e})") from None
-        return "ring" if hosts and len(hosts) > 1 else None
+        return "ring" if launched_size(env, strict=True) > 1 else None
     if "MLX_WORLD_SIZE" in env:
         return "nccl"
     raise DistributedError(
@@ -99,6 +89,35 @@ def launched_rank(env: Mapping[str, str] = os.environ) -> int:
     for var in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
         if env.get(var, "").isdigit():
             return int(env[var])
+    return 0
+
+
+def launched_size(env: Mapping[str, str] = os.environ, *, strict: bool = False) -> int:
+    """The group's size as the launcher set it (before joining the group); 0 when it does not say.
+
+    Without MLX_RANK, MPI's size (`mlx.launch --backend mpi` runs mpirun); with it, the length of the
+    hostfile (MLX_HOSTFILE, else JACCL's MLX_IBV_DEVICES). A hostfile that cannot be read counts as no
+    size, or with `strict` raises (a DistributedError saying why).
+    """
+    if "MLX_RANK" not in env:
+        mpi = env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE") or ""
+        return int(mpi) if mpi.isdigit() else 0
+    for var in ("MLX_HOSTFILE", "MLX_IBV_DEVICES"):
+        if var not in env:
+            continue
+        try:
+            hosts = json.loads(Path(env[var]).read_text().strip() or "null")
+            if hosts:
+                return len(hosts)
+        except OSError as e:
+            if strict:
+                raise DistributedError(f"{var}={env[var]}: cannot read it ({e})") from None
+        except json.JSONDecodeError as e:
+            if strict:
+                raise DistributedError(f"{var}={env[var]}: not the JSON mlx.launch writes ({e})") from None
+        except (ValueError, TypeError):
+            if strict:
+                raise
     return 0
 
 

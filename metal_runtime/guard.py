@@ -12,7 +12,10 @@ and leaves the ranks orphaned when it is killed itself. So every rank runs under
   ranks, and the closed sockets fail the remote ranks' collectives;
 - a watchdog thread: work that involves the other ranks runs under `deadline(...)`; past it, the
   rank ends ("no answer from the other ranks"). A C-level backstop (faulthandler) ends the process
-  even if the watchdog cannot get the GIL. It also ends the rank when its parent (the launcher) is gone;
+  even if the watchdog cannot get the GIL. It also ends the rank when its parent (the launcher) is gone.
+  A deadline is entered once per decoded token, so entering and leaving one only sets state: the
+  watchdog moves the backstop along on its next poll (arming faulthandler starts a thread, ~40 us),
+  and a deadline arms it at once only when none is armed or the armed one is off by over BACKSTOP_SLACK_S;
 - SIGINT: a no-op Python handler and a wakeup fd, so Ctrl-C is seen even while the main thread is
   blocked inside a collective; the watchdog ends the rank (exit 130; rank 0 says "interrupted", the
   others stay quiet). SIGTERM and SIGHUP keep their default action (they end even a rank whose
@@ -40,6 +43,7 @@ from typing import Callable, Iterator, NoReturn, Optional, TextIO
 DEFAULT_TIMEOUT_S = 60.0
 FOLLOWER_GRACE_S = 5.0
 BACKSTOP_S = 5.0  # the C-level backstop fires this long after a deadline the watchdog missed
+BACKSTOP_SLACK_S = 1.0  # a deadline's own entry re-arms the backstop only when it is off by more than this
 POLL_S = 0.25
 LOST = ("connection to a peer was lost", "[ring]", "[jaccl]")
 # When a rank fails, mlx.launch stops the others with SIGTERM within ~0.1-0.4 s: a rank that sees the
@@ -63,6 +67,9 @@ class Guard:
         self.stream = stream
         self._armed: Optional[tuple[float, str, float]] = None  # (deadline, what, seconds allowed)
         self._lock = threading.Lock()
+        self._backstop_lock = threading.Lock()
+        self._backstop_at: Optional[float] = None  # when the armed faulthandler backstop fires; None: not armed
+        self._watching = False  # the watchdog runs and keeps the backstop in step with the deadline
         self._ppid = os.getppid()
         self._sigfd: Optional[int] = None
 
@@ -76,6 +83,7 @@ class Guard:
         signal.signal(signal.SIGINT, lambda *_: None)  # never a KeyboardInterrupt half-way through cleanup
         signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         threading.Thread(target=self._watch, name="gptoss-group-watchdog", daemon=True).start()
+        self._watching = True
         return self
 
     # -- deadlines ----------------------------------------------------------------------------
@@ -96,11 +104,39 @@ class Guard:
 
     def _arm(self, at: float, what: str, seconds: float) -> None:
         self._armed = (at, what, seconds)
-        faulthandler.dump_traceback_later(max(1.0, at - time.monotonic()) + BACKSTOP_S, exit=True, file=self.stream)
+        b = self._backstop_at  # read after the write above: see _sync_backstop
+        if not self._watching or b is None or abs(b - (at + BACKSTOP_S)) > BACKSTOP_SLACK_S:
+            self._sync_backstop()
 
     def _disarm(self) -> None:
         self._armed = None
-        faulthandler.cancel_dump_traceback_later()
+        b = self._backstop_at
+        if not self._watching or (b is not None and b - time.monotonic() < BACKSTOP_S):
+            self._sync_backstop()  # the backstop is due soon: cancel it now rather than on the next poll
+
+    def _sync_backstop(self, slack: float = 0.0) -> None:
+        """Arm the C-level backstop BACKSTOP_S after the armed deadline, or cancel it when none is armed.
+
+        Called by the watchdog every poll and by `_arm`/`_disarm` when the backstop is off. An `_arm`
+        that sets the deadline and then reads `_backstop_at` and this, which clears `_backstop_at` and
+        then reads the deadline, cannot both miss each other's write: the backstop is never cancelled
+        under a deadline that `_arm` left to the watchdog.
+        """
+        with self._backstop_lock:
+            if self._armed is None and self._backstop_at is not None:
+                self._backstop_at = None
+                if self._armed is None:
+                    faulthandler.cancel_dump_traceback_later()
+                    return
+            armed = self._armed
+            if armed is None:
+                return
+            target = armed[0] + BACKSTOP_S
+            if self._backstop_at is None or abs(self._backstop_at - target) > slack:
+                now = time.monotonic()
+                delay = max(1.0 + BACKSTOP_S, target - now)
+                faulthandler.dump_traceback_later(delay, exit=True, file=self.stream)
+                self._backstop_at = now + delay
 
     # -- the exit path ------------------------------------------------------------------------
 
@@ -158,6 +194,7 @@ class Guard:
                     self.fatal("interrupted" if self.rank == 0 else None, 128 + signal.SIGINT)
             if os.getppid() != self._ppid:
                 self.fatal("the launcher (mlx.launch) is gone; stopping")
+            self._sync_backstop(slack=POLL_S)
             armed = self._armed
             if armed is not None and time.monotonic() > armed[0]:
                 self.fatal(f"no answer from the other ranks for {armed[2]:.0f} s ({armed[1]}); "

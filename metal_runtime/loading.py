@@ -34,8 +34,9 @@ def _weight_files(directory: Path) -> list[Path]:
             raise ModelLoadError(f"{index}: corrupt index ({e})") from None
     else:
         files = [Path(p).name for p in sorted(glob.glob(str(directory / "*.safetensors")))]
-    if not files:
-        raise ModelLoadError(foreign_weights(directory) or f"{directory}: no .safetensors files")
+    if not files:  # load() has already said so if the folder holds GGUF or PyTorch weights instead
+        raise ModelLoadError(f"{index}: lists no weight files" if index.exists()
+                             else f"{directory}: no .safetensors files")
     try:
         check_weight_files(directory, files, from_index=index.exists())
     except CheckpointFolderError as e:

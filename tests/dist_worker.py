@@ -33,6 +33,8 @@ from gptoss_metal.metal_runtime.distributed import (
     held_bytes,
     init_group,
     launched_backend,
+    launched_rank,
+    launched_size,
     load_expert_parallel,
     expert_slice_of,
 )
@@ -202,7 +204,7 @@ def main() -> None:
             run_engine(model_dir, out, None, None)
         sys.stdout.flush()
         os._exit(0)  # MLX's threads at interpreter exit occasionally abort ("terminate called ...")
-    guard = Guard(int(os.environ["MLX_RANK"]), len(json.loads(Path(os.environ["MLX_HOSTFILE"]).read_text())))
+    guard = Guard(launched_rank(), launched_size())
     guard.install()
 
     def body() -> None:

@@ -23,6 +23,7 @@ from gptoss_metal.metal_runtime.distributed import (
     DistributedGroup,
     ExpertParallelPath,
     launched_backend,
+    launched_size,
     load_expert_parallel,
 )
 from gptoss_metal.metal_runtime.expert_paths import MLXPath, choose_expert_path
@@ -140,6 +141,10 @@ def test_stored_bytes_from_the_architecture_match_a_checkpoint(tiny_runtime):
     assert (b.experts, b.dense) == (s.expert_bytes, s.tensor_bytes - s.expert_bytes)
     assert PRESETS["120b"].rank_bytes(2)[0] == PRESETS["120b"].stored_bytes().dense + \
         PRESETS["120b"].stored_bytes().experts // 2
+    from gptoss_metal.cli.doctor import _split_projection
+
+    dense = s.tensor_bytes - s.expert_bytes  # doctor's projection: the checkpoint's dense bytes and 1/N of its experts
+    assert _split_projection(s) == [{"ranks": n, "bytes_per_rank": dense + s.expert_bytes // n} for n in (2, 4, 8)]
 
 
 def test_launch_detection(tmp_path):
@@ -153,6 +158,14 @@ def test_launch_detection(tmp_path):
     assert launched_backend({"MLX_RANK": "1", "MLX_JACCL_COORDINATOR": "10.0.0.1:5000"}) == "jaccl"
     with pytest.raises(DistributedError, match="mlx.launch --hostfile"):
         launched_backend({"MLX_RANK": "0"})
+    missing = {"MLX_RANK": "1", "MLX_HOSTFILE": str(tmp_path / "missing")}
+    with pytest.raises(DistributedError, match="cannot read it"):
+        launched_backend(missing)
+    assert launched_size(missing) == 0  # the size is for messages: an unreadable hostfile just leaves it unknown
+    assert launched_size({}) == 0
+    assert launched_size({"MLX_RANK": "0", "MLX_HOSTFILE": str(empty)}) == 0
+    assert launched_size({"MLX_RANK": "1", "MLX_HOSTFILE": str(two)}) == 2
+    assert launched_size({"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "2"}) == 3
 
 
 def test_the_broadcast_sampler_alone_samples_like_the_plain_one_and_can_be_forced():

@@ -57,6 +57,22 @@ def test_a_wait_past_its_deadline_ends_the_rank():
     assert "no answer from the other ranks" in err and "waiting for rank 0" in err
 
 
+def test_a_rank_stuck_holding_the_gil_is_ended_by_the_backstop():
+    """The watchdog cannot run (a C call holds the GIL): faulthandler's backstop dumps and ends the rank."""
+    code, _, err, took = run("import ctypes\ndef main():\n    with guard.deadline('waiting for rank 0'):\n"
+                             "        ctypes.PyDLL(None).sleep(60)\nguard.run(main)")
+    assert code == 1 and took < 20
+    assert "Timeout" in err and "no answer from the other ranks" not in err
+
+
+def test_many_short_deadlines_and_a_left_one_never_trip_the_backstop():
+    """Deadlines entered per token move the backstop along; after the last one is left it is cancelled."""
+    code, out, err, took = run("def main():\n    t0 = time.monotonic()\n    while time.monotonic() - t0 < 7:\n"
+                               "        with guard.deadline('a token'):\n            time.sleep(0.001)\n"
+                               "    time.sleep(7)\n    return 3\nguard.run(main)")
+    assert (code, out, err) == (3, "", "") and took < 25
+
+
 def test_ctrl_c_while_blocked_ends_the_rank_quietly_unless_it_is_rank_0():
     body = "def main():\n    time.sleep(60)\nguard.run(main)"
     code, _, err, took = run(body, rank=0, sigint_after=1.5)
