@@ -14,6 +14,7 @@ from rich.console import Console
 
 from gptoss_metal.server.auth import exposure_warning
 from gptoss_metal.server.limits import DEFAULT_MAX_BODY_BYTES
+from gptoss_metal.server.security import WILDCARD_HOSTS
 
 from .errors import handle_user_errors
 from .generate import DTYPES
@@ -68,7 +69,9 @@ def server_options(fn: Callable) -> Callable:
 
 
 def _url(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host in ("::", "::1") else host)
+    if host in WILDCARD_HOSTS:  # listening everywhere: point at this machine
+        host = "::1" if ":" in host else "127.0.0.1"
+    shown = "[::1]" if host == "::1" else host
     return f"http://{shown}:{port}/"
 
 
@@ -90,7 +93,6 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, ranks: Optional[Ranks] = None) -> None:
     import uvicorn
 
-    from gptoss_metal.assistant import Engine
     from gptoss_metal.server.assembly import assemble
 
     if not _port_free(host, port):
@@ -102,12 +104,9 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
 
         ram = total_memory_bytes()
         budget = int(kv_budget_gb * 2**30) if kv_budget_gb else (ram // 4 if ram else None)
-        if ranks is None:
-            engine = Engine.load(model_path, dtype=dtype, model_id=model_id, cache_slots=cache_slots,
-                                 max_sequences=max_sequences, kv_budget_bytes=budget, speculate=not no_speculate)
-        else:  # spread over ranks: rank 0 serves, one request at a time (the others follow)
-            engine = load_engine(ranks, model_path, dtype=dtype, model_id=model_id, speculate=not no_speculate,
-                                 max_sequences=max_sequences, kv_budget_bytes=budget)
+        # over ranks, rank 0 serves one request at a time (Engine forces one sequence, one cache); the others follow
+        engine = load_engine(ranks, model_path, dtype=dtype, model_id=model_id, cache_slots=cache_slots,
+                             max_sequences=max_sequences, kv_budget_bytes=budget, speculate=not no_speculate)
     server = assemble(engine, data_dir=data_dir, api_key=api_key, bind=host, allow_hosts=allow_host,
                       allow_origins=allow_origin, aliases=alias, max_queue=max_queue, max_tokens=max_tokens,
                       page_temperature=page_temperature, max_body_bytes=max_body_bytes)

@@ -14,7 +14,7 @@ from .auth import bearer_token, key_matches
 from .limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from .openai_api import OpenAIService
 from .request_checks import check_chat, check_responses
-from .security import GuardConfig, LocalServerGuard
+from .security import API_PREFIXES, GuardConfig, LocalServerGuard
 
 if TYPE_CHECKING:
     from .page_api import PageService
@@ -44,7 +44,7 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: O
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
-        if api_key is not None and request.url.path.startswith(("/v1", "/ui/api")):
+        if api_key is not None and request.url.path.startswith(API_PREFIXES):
             if not key_matches(bearer_token(request.headers.get("authorization", "")), api_key):
                 return _error(401, "Incorrect or missing API key (send `Authorization: Bearer <key>`).",
                               code="invalid_api_key")

@@ -26,7 +26,6 @@ DB_NAME = "conversations.sqlite3"
 class LocalServer:
     app: FastAPI
     service: OpenAIService
-    page: PageService
     workspace: Workspace
     database: Path
 
@@ -48,4 +47,4 @@ def assemble(engine: Engine, *, data_dir: Optional[Path] = None, api_key: Option
     page = PageService(workspace, service.scheduler, model_id=service.model_id)
     guard = GuardConfig(bind=bind, allowed_hosts=allow_hosts, allowed_origins=allow_origins)
     app = create_app(service, api_key=api_key, page=page, guard=guard, max_body_bytes=max_body_bytes)
-    return LocalServer(app, service, page, workspace, database)
+    return LocalServer(app, service, workspace, database)

@@ -7,6 +7,8 @@ import hmac
 import ipaddress
 from typing import Optional
 
+from .security import WILDCARD_HOSTS
+
 
 def _digest(text: str) -> bytes:
     # surrogateescape: a header decoded from arbitrary bytes still hashes; it just never matches
@@ -42,6 +44,6 @@ def exposure_warning(host: str, api_key: Optional[str]) -> Optional[str]:
     """A warning when the server listens beyond this machine without an API key, else None."""
     if api_key or is_loopback(host):
         return None
-    where = "all network interfaces" if host in ("0.0.0.0", "::", "") else host
+    where = "all network interfaces" if host in WILDCARD_HOSTS else host
     return (f"listening on {where} without --api-key: anyone who can reach this machine can use the model "
             "(set --api-key or GPTOSS_API_KEY)")

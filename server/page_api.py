@@ -9,7 +9,6 @@ cancels its job: the engine checks between tokens, so the model is free within a
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, AsyncIterator, Optional
 
@@ -37,8 +36,6 @@ from gptoss_metal.metal_runtime import RuntimeUserError
 
 from .api_models import APIError, ConversationPatch, PageSettings, TurnRequest
 from .scheduler import END, Job, QueueFull, Scheduler
-
-POLL_S = 0.25
 
 
 def page_event(item: Any) -> Optional[dict[str, Any]]:
@@ -168,11 +165,8 @@ class PageService:
         ahead = self.scheduler.pending - 1 + (self.scheduler.running is not None)
         yield sse({"type": "start", "conversation": conv_id, "queued": max(ahead, 0)})
         try:
-            while True:
-                try:
-                    item = await job.get(timeout=POLL_S)
-                except asyncio.TimeoutError:
-                    continue
+            while True:  # a client that leaves cancels this generator (StreamingResponse): `finally` still runs
+                item = await job.get()
                 if item is END:
                     break
                 if isinstance(item, BaseException):

@@ -13,10 +13,10 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from .api_models import ConversationPatch, PageSettings, TurnRequest
+from .app import SSE_HEADERS
 from .page_api import PageService
 
 STATIC = Path(__file__).with_name("static")
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 NO_STORE = {"Cache-Control": "no-store"}
 
 

@@ -46,26 +46,26 @@ def _check_limit(name: str, value: Optional[int], context: int) -> None:
                        "(prompt and completion together).", code="invalid_value", param=name)
 
 
-def _issued_ids(messages: list[Any]) -> set[str]:
-    ids = set()
-    for msg in messages:
-        if isinstance(msg, dict) and msg.get("role") == "assistant":
-            for call in msg.get("tool_calls") or []:
-                if isinstance(call, dict) and isinstance(call.get("id"), str):
-                    ids.add(call["id"])
-    return ids
+def _call_ids(msg: Any) -> list[str]:
+    """The ids of the tool calls one (Chat-shaped) assistant message issued."""
+    if not (isinstance(msg, dict) and msg.get("role") == "assistant"):
+        return []
+    calls = msg.get("tool_calls") or []
+    return [call["id"] for call in calls if isinstance(call, dict) and isinstance(call.get("id"), str)]
 
 
 def check_chat(req: ChatCompletionRequest, context: int) -> None:
     _check_parameters(req.model_extra, CHAT_OTHER_PARAMETERS)
     _check_limit("max_tokens", req.max_tokens, context)
     _check_limit("max_completion_tokens", req.max_completion_tokens, context)
+    issued: set[str] = set()  # by the messages before this one
     for i, msg in enumerate(req.messages):
         call_id = msg.get("tool_call_id")
-        if msg.get("role") == "tool" and isinstance(call_id, str) and call_id not in _issued_ids(req.messages[:i]):
+        if msg.get("role") == "tool" and isinstance(call_id, str) and call_id not in issued:
             raise APIError(400, f"messages[{i}]: tool_call_id {call_id!r} answers no tool call of an earlier assistant "
                            "message: a message with role 'tool' must respond to a preceding message with 'tool_calls'.",
                            param=f"messages.[{i}].tool_call_id")
+        issued.update(_call_ids(msg))
 
 
 def check_responses(req: ResponsesRequest, context: int, stored_responses: Mapping[str, list[dict[str, Any]]]) -> None:
@@ -79,7 +79,7 @@ def check_responses(req: ResponsesRequest, context: int, stored_responses: Mappi
         stored = stored_responses[req.previous_response_id]
     if isinstance(req.input, str):
         return
-    issued = _issued_ids(stored)
+    issued = {call_id for msg in stored for call_id in _call_ids(msg)}
     for i, item in enumerate(req.input):
         if not isinstance(item, dict):
             continue

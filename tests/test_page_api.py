@@ -105,6 +105,27 @@ def test_stop_cancels_generation_on_the_server(tmp_path):
         assert last["interrupted"] and last["figures"]["finish_reason"] == "interrupted"
 
 
+def test_leaving_a_turn_mid_stream_frees_the_model_and_the_conversation(tmp_path):
+    reply = FINAL.format(" ".join(str(i) for i in range(2000)))
+    with page_server(tmp_path, [reply], delay_s=0.005) as (url, srv, model):
+        cid = httpx.post(url + "/ui/api/conversations", json={}).json()["id"]
+        with httpx.stream("POST", f"{url}/ui/api/conversations/{cid}/turn", json={"text": "count"}, timeout=60) as r:
+            answers = 0
+            for line in r.iter_lines():
+                answers += line.startswith("data:") and json.loads(line[5:])["type"] == "answer"
+                if answers == 5:
+                    break  # leaving the block closes the connection mid-stream
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if not httpx.get(url + "/health").json()["busy"] and not httpx.get(
+                    f"{url}/ui/api/conversations/{cid}").json()["busy"]:
+                break
+            time.sleep(0.05)
+        assert srv.service.scheduler.running is None
+        assert not httpx.get(f"{url}/ui/api/conversations/{cid}").json()["busy"]  # a new turn may start
+        assert model.decoded < 1000  # the model stopped, not just the stream
+
+
 def test_api_key_guards_the_page_api_but_not_its_files(tmp_path):
     with page_server(tmp_path, api_key="sekret") as (url, _, _):
         assert httpx.get(url + "/").status_code == 200
