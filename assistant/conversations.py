@@ -7,6 +7,9 @@ engine's prompt cache holds, so switching back to it prefills only what is new.
 
 The conversation's date is fixed when it is created: it is part of the system message, and a
 prompt that changed with the calendar would miss the cache (and tell the model a different story).
+Its column is `prompt_date`: schema 1 called it `current_date`, which SQLite reads as its keyword
+CURRENT_DATE (today, UTC) wherever it is not quoted, so every conversation read back with today's date.
+Opening a schema-1 file renames the column (the stored dates were always right; only reads were wrong).
 
 Every call opens its own connection (the server calls from its event loop and from the model's
 worker thread); WAL mode lets a reader run beside the writer.
@@ -26,7 +29,7 @@ from typing import Any, Iterator, Optional
 from gptoss_metal.harmony_io import EXACT_HISTORY, reasoning_effort, today
 
 DEFAULT_TITLE = "New chat"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id TEXT PRIMARY KEY,
@@ -36,7 +39,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     system TEXT,
     effort TEXT NOT NULL,
     python INTEGER NOT NULL,
-    current_date TEXT NOT NULL
+    prompt_date TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
     conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
@@ -98,6 +101,8 @@ class ConversationStore:
                 if version > SCHEMA_VERSION:
                     raise StoreError(f"{self.path} was written by a newer gptoss-metal (schema {version}); "
                                      f"upgrade, or point --data-dir elsewhere")
+                if version == 1:
+                    db.execute('ALTER TABLE conversations RENAME COLUMN "current_date" TO prompt_date')
                 db.executescript(SCHEMA)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
@@ -135,7 +140,7 @@ class ConversationStore:
 
     def get(self, conv_id: str) -> Optional[Conversation]:
         with self._connect() as db:
-            row = db.execute("SELECT id, title, created, updated, system, effort, python, current_date "
+            row = db.execute("SELECT id, title, created, updated, system, effort, python, prompt_date "
                              "FROM conversations WHERE id = ?", (conv_id,)).fetchone()
             if row is None:
                 return None

@@ -60,7 +60,15 @@ class TerminalChat:
                 pass
 
     def read_message(self) -> Optional[str]:
-        """One user message (multi-line aware); None at end of input."""
+        """One user message (multi-line aware); None at end of input. Ctrl-C at the prompt ends the line
+        first, so the "interrupted" that follows is not printed after the `>>> `."""
+        try:
+            return self._read_message()
+        except KeyboardInterrupt:
+            print(flush=True)
+            raise
+
+    def _read_message(self) -> Optional[str]:
         try:
             line = input(">>> ")
         except EOFError:
@@ -185,7 +193,7 @@ class TerminalChat:
                 try:
                     text = self.read_message()
                 except KeyboardInterrupt:
-                    c.print("^C (Ctrl-D or /quit to leave)")
+                    c.print("[dim](Ctrl-D or /quit to leave)[/]")
                     continue
                 if text is None:
                     c.print()

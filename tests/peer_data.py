@@ -2,13 +2,18 @@
 
 The data is not ours and is not committed here: it lives beside the repository (SOURCES.txt there
 names each file's commit). Tests built on it compare our public API with what the peers expect,
-so a difference from them is a finding, not an expectation we wrote ourselves. A missing folder
-fails loudly instead of skipping: the comparison is part of the suite.
+so a difference from them is a finding, not an expectation we wrote ourselves.
+
+Data is read only inside tests and fixtures, never at import time: a fresh clone without
+`../shared` collects the whole suite and skips the peer comparisons with one visible reason. Where
+`CI` is set (CI always has the data beside the checkout) a missing file fails instead, so the
+comparison stays enforced where it counts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,12 +23,21 @@ HARMONY = PEER / "harmony"
 GPTOSS = PEER / "gptoss"
 
 
-def peer_file(relative: str) -> Path:
-    path = PEER / relative
-    if not path.is_file():
-        pytest.fail(f"peer data {path} is missing: the suite expects ../shared/peer-data beside the repository "
+SKIP_REASON = "peer data not present: see README"
+
+
+def require(path: Path) -> Path:
+    """`path` if it exists; otherwise skip (a fresh clone) or fail (CI, where the data must be there)."""
+    if path.exists():
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"peer data {path} is missing: CI expects ../shared/peer-data beside the repository "
                     f"(see its SOURCES.txt)")
-    return path
+    pytest.skip(SKIP_REASON)
+
+
+def peer_file(relative: str) -> Path:
+    return require(PEER / relative)
 
 
 def harmony_text(relative: str) -> str:

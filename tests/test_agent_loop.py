@@ -12,6 +12,7 @@ function, the client answers it, the model continues; on Chat Completions (assis
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import openai
 import pytest
@@ -26,27 +27,42 @@ from serving import live_server
 CASE_INDEX = 16  # generate_chart with a title: nested arrays, several arguments
 
 
-def compat_case() -> tuple[dict, list[dict], dict]:
-    cases = [json.loads(line) for line in peer_file("gptoss/compatibility-test/cases.jsonl").read_text().splitlines()]
-    tools = json.loads(peer_file("gptoss/compatibility-test/tools.json").read_text())
-    case = cases[CASE_INDEX]
-    tool = next(t for t in tools if t["name"] == case["tool_name"])
-    return case, tools, tool
+@dataclass(frozen=True)
+class Compat:
+    """One case of the compatibility test and the tool list, in the shapes each endpoint takes."""
+
+    case: dict
+    tool: dict
+    chat_tools: list
+    responses_tools: list
+
+    @property
+    def reasoning(self) -> str:
+        return f"The user wants a chart, so call {self.case['tool_name']}."
 
 
-CASE, COMPAT_TOOLS, TOOL = compat_case()
-REASONING = f"The user wants a chart, so call {CASE['tool_name']}."
 ANSWER = "Here is your **Quarterly Sales** chart:\n\n```text\nbar chart, 3 quarters\n```"
-RESPONSES_TOOLS = [{k: v for k, v in t.items() if k != "output"} | {"strict": False} for t in COMPAT_TOOLS]
-CHAT_TOOLS = [{"type": "function", "function": {k: v for k, v in t.items() if k not in ("type", "output")}}
-              for t in COMPAT_TOOLS]
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory):
+def compat() -> Compat:
+    cases = [json.loads(line) for line in peer_file("gptoss/compatibility-test/cases.jsonl").read_text().splitlines()]
+    tools = json.loads(peer_file("gptoss/compatibility-test/tools.json").read_text())
+    case = cases[CASE_INDEX]
+    return Compat(
+        case=case,
+        tool=next(t for t in tools if t["name"] == case["tool_name"]),
+        chat_tools=[{"type": "function", "function": {k: v for k, v in t.items() if k not in ("type", "output")}}
+                    for t in tools],
+        responses_tools=[{k: v for k, v in t.items() if k != "output"} | {"strict": False} for t in tools])
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory, compat):
     segments = script_tokens(
-        f"<|channel|>analysis<|message|>{REASONING}<|end|><|start|>assistant<|channel|>commentary "
-        f"to=functions.{CASE['tool_name']} <|constrain|>json<|message|>{CASE['expected_arguments']}<|call|>",
+        f"<|channel|>analysis<|message|>{compat.reasoning}<|end|><|start|>assistant<|channel|>commentary "
+        f"to=functions.{compat.case['tool_name']} <|constrain|>json<|message|>{compat.case['expected_arguments']}"
+        f"<|call|>",
         f"<|channel|>final<|message|>{ANSWER}<|return|>",
     )
     ckpt = build_scripted_checkpoint(tmp_path_factory.mktemp("agent") / "model", segments)
@@ -55,38 +71,38 @@ def agent(tmp_path_factory):
         yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
-def check_call(name: str, arguments: str) -> None:
-    assert name == CASE["tool_name"]
-    assert json.loads(arguments) == json.loads(CASE["expected_arguments"])
+def check_call(compat: Compat, name: str, arguments: str) -> None:
+    assert name == compat.case["tool_name"]
+    assert json.loads(arguments) == json.loads(compat.case["expected_arguments"])
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_chat_completions_agent_loop(agent, stream):
+def test_chat_completions_agent_loop(agent, compat, stream):
     messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": CASE["input"]}]
-    first = chat(agent, messages, stream)
-    assert first["finish_reason"] == "tool_calls" and first["reasoning"] == REASONING
+                {"role": "user", "content": compat.case["input"]}]
+    first = chat(agent, compat, messages, stream)
+    assert first["finish_reason"] == "tool_calls" and first["reasoning"] == compat.reasoning
     (call,) = first["tool_calls"]
-    check_call(call["function"]["name"], call["function"]["arguments"])
+    check_call(compat, call["function"]["name"], call["function"]["arguments"])
     messages += [{"role": "assistant", "content": first["content"], "tool_calls": first["tool_calls"]},
-                 {"role": "tool", "tool_call_id": call["id"], "content": TOOL["output"]}]
-    second = chat(agent, messages, stream)
+                 {"role": "tool", "tool_call_id": call["id"], "content": compat.tool["output"]}]
+    second = chat(agent, compat, messages, stream)
     assert second["content"] == ANSWER and second["finish_reason"] == "stop" and not second["tool_calls"]
     # the server found its own tokens for the echoed call: only the tool result and the header were new
-    new = render_tool_result(CASE["tool_name"], TOOL["output"]) + assistant_header()
+    new = render_tool_result(compat.case["tool_name"], compat.tool["output"]) + assistant_header()
     assert second["usage"].prompt_tokens - second["usage"].prompt_tokens_details.cached_tokens == len(new)
 
 
-def chat(client: openai.OpenAI, messages: list[dict], stream: bool) -> dict:
+def chat(client: openai.OpenAI, compat: Compat, messages: list[dict], stream: bool) -> dict:
     """One Chat Completions turn, as a client assembles it (from deltas when streaming)."""
     if not stream:
-        r = client.chat.completions.create(model="agent", messages=messages, tools=CHAT_TOOLS)
+        r = client.chat.completions.create(model="agent", messages=messages, tools=compat.chat_tools)
         m = r.choices[0].message
         calls = [c.model_dump() for c in m.tool_calls or []]
         return {"content": m.content, "reasoning": m.model_extra.get("reasoning"), "tool_calls": calls,
                 "finish_reason": r.choices[0].finish_reason, "usage": r.usage}
     out: dict = {"content": "", "reasoning": "", "tool_calls": [], "finish_reason": None, "usage": None}
-    for chunk in client.chat.completions.create(model="agent", messages=messages, tools=CHAT_TOOLS, stream=True,
+    for chunk in client.chat.completions.create(model="agent", messages=messages, tools=compat.chat_tools, stream=True,
                                                 stream_options={"include_usage": True}):
         if chunk.usage is not None:
             out["usage"] = chunk.usage
@@ -105,9 +121,9 @@ def chat(client: openai.OpenAI, messages: list[dict], stream: bool) -> dict:
     return out
 
 
-def respond(client: openai.OpenAI, stream: bool, **kwargs):
+def respond(client: openai.OpenAI, compat: Compat, stream: bool, **kwargs):
     """One Responses turn: the final response object (from `response.completed` when streaming)."""
-    kwargs = dict(model="agent", tools=RESPONSES_TOOLS, instructions="", **kwargs)
+    kwargs = dict(model="agent", tools=compat.responses_tools, instructions="", **kwargs)
     if not stream:
         return client.responses.create(**kwargs)
     events = list(client.responses.create(stream=True, **kwargs))
@@ -117,31 +133,31 @@ def respond(client: openai.OpenAI, stream: bool, **kwargs):
     return events[-1].response
 
 
-def first_response_checks(r) -> object:
+def first_response_checks(compat: Compat, r) -> object:
     assert [o.type for o in r.output] == ["reasoning", "function_call"]
-    assert r.output[0].content[0].text == REASONING
+    assert r.output[0].content[0].text == compat.reasoning
     call = r.output[1]
-    check_call(call.name, call.arguments)
+    check_call(compat, call.name, call.arguments)
     return call
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_responses_agent_loop_stateless(agent, stream):
-    history = [{"role": "user", "content": CASE["input"]}]
-    r1 = respond(agent, stream, input=history)
-    call = first_response_checks(r1)
+def test_responses_agent_loop_stateless(agent, compat, stream):
+    history = [{"role": "user", "content": compat.case["input"]}]
+    r1 = respond(agent, compat, stream, input=history)
+    call = first_response_checks(compat, r1)
     history += [o.model_dump(exclude_none=True) for o in r1.output]
-    history.append({"type": "function_call_output", "call_id": call.call_id, "output": TOOL["output"]})
-    r2 = respond(agent, stream, input=history)
+    history.append({"type": "function_call_output", "call_id": call.call_id, "output": compat.tool["output"]})
+    r2 = respond(agent, compat, stream, input=history)
     assert r2.status == "completed" and r2.output_text == ANSWER
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_responses_agent_loop_previous_response_id(agent, stream):
-    r1 = respond(agent, stream, input=CASE["input"])
-    call = first_response_checks(r1)
-    r2 = respond(agent, stream, previous_response_id=r1.id,
-                 input=[{"type": "function_call_output", "call_id": call.call_id, "output": TOOL["output"]}])
+def test_responses_agent_loop_previous_response_id(agent, compat, stream):
+    r1 = respond(agent, compat, stream, input=compat.case["input"])
+    call = first_response_checks(compat, r1)
+    r2 = respond(agent, compat, stream, previous_response_id=r1.id,
+                 input=[{"type": "function_call_output", "call_id": call.call_id, "output": compat.tool["output"]}])
     assert r2.status == "completed" and r2.output_text == ANSWER
-    new = render_tool_result(CASE["tool_name"], TOOL["output"]) + assistant_header()
+    new = render_tool_result(compat.case["tool_name"], compat.tool["output"]) + assistant_header()
     assert r2.usage.input_tokens - r2.usage.input_tokens_details.cached_tokens == len(new)

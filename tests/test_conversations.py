@@ -64,6 +64,45 @@ def workspace(store, replies, cache_slots=1, delay_s=0.0, **kw):
     return Workspace(engine, store, temperature=0.0, python_factory=FakePython, **kw), model
 
 
+def test_the_stored_date_is_read_back_not_todays(tmp_path, monkeypatch):
+    """A fixed clock: the date a conversation was created with is what a reopened store returns, whatever
+    day the test runs on (schema 1 read SQLite's CURRENT_DATE keyword instead of the column)."""
+    from gptoss_metal.assistant import conversations
+
+    monkeypatch.setattr(conversations, "today", lambda: "2031-05-06")
+    created = ConversationStore(tmp_path / "c.sqlite3").create()
+    assert created.current_date == "2031-05-06"
+    assert ConversationStore(tmp_path / "c.sqlite3").get(created.id).current_date == "2031-05-06"
+
+
+# The schema the first release wrote (user_version 1), verbatim: its date column is `current_date`.
+SCHEMA_1 = """
+CREATE TABLE conversations (id TEXT PRIMARY KEY, title TEXT NOT NULL, created REAL NOT NULL,
+    updated REAL NOT NULL, system TEXT, effort TEXT NOT NULL, python INTEGER NOT NULL, current_date TEXT NOT NULL);
+CREATE TABLE messages (conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL, body TEXT NOT NULL, figures TEXT, PRIMARY KEY (conversation_id, position));
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_database_keeps_its_dates_and_messages(tmp_path):
+    path = tmp_path / "conversations.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1)
+        db.execute("INSERT INTO conversations VALUES ('c_old', 'Old', 1.0, 2.0, NULL, 'low', 0, '2025-01-02')")
+        db.execute("""INSERT INTO messages VALUES ('c_old', 0, '{"role": "user", "content": "hi"}', NULL)""")
+    db.close()
+    store = ConversationStore(path)
+    old = store.get("c_old")
+    assert (old.title, old.effort, old.current_date, old.messages) == ("Old", "low", "2025-01-02",
+                                                                       [{"role": "user", "content": "hi"}])
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    assert ConversationStore(path).get("c_old").current_date == "2025-01-02"  # a second open migrates nothing
+    assert store.get(store.create(current_date="2025-03-04").id).current_date == "2025-03-04"
+
+
 def test_store_round_trip_survives_reopening(tmp_path, store):
     c = store.create(system="Be brief.", effort="high", python=True, current_date="2026-11-23")
     msgs = [{"role": "user", "content": "héllo"}, {"role": "assistant", "content": "hi", "exact_history": [
