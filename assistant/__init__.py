@@ -7,9 +7,11 @@ conversations in SQLite and `Workspace` runs the chat page's stored conversation
 
 from .conversations import Conversation, ConversationStore, StoreError
 from .data_dir import user_data_dir
-from .engine import Engine, TurnStats
+from .engine import Engine, Finished
 from .session import ChatSession, ContextFull, ToolResult, TurnReport
+from .stop import StopSignal
 from .workspace import NoSuchConversation, TurnFinished, Workspace
 
-__all__ = ["ChatSession", "ContextFull", "Conversation", "ConversationStore", "Engine", "NoSuchConversation",
-           "StoreError", "ToolResult", "TurnFinished", "TurnReport", "TurnStats", "Workspace", "user_data_dir"]
+__all__ = ["ChatSession", "ContextFull", "Conversation", "ConversationStore", "Engine", "Finished",
+           "NoSuchConversation", "StopSignal", "StoreError", "ToolResult", "TurnFinished", "TurnReport", "Workspace",
+           "user_data_dir"]

@@ -1,13 +1,19 @@
-"""The engine: one model, prompt caches, harmony in and parser events out, requests decoded together.
+"""The engine: one model, its prompt caches, harmony in and parser events out, generations decoded together.
 
-Shared by `gptoss generate`, `gptoss chat` (ChatSession) and `gptoss serve`. `Engine.stream` is a
-generator of parser events for one generation; any number of threads may call it at once. One decode
-thread (decode_loop.py) owns the model and the caches: it prefills each request's new prompt tokens
-with prompt reuse, runs a lone request through the pipelined, speculative single-sequence loop, and
-requests that overlap in one batched forward pass per token (up to `max_sequences` at a time).
+Shared by `gptoss generate`, `gptoss chat` (ChatSession), the chat page and the API server. The serving
+core (metal_runtime/serving.py) runs every generation on one decode thread; the engine adds what the
+runtime must not know: the harmony parser that turns each generation's tokens into events, on the
+decode thread, pushed to the caller as they come.
 
-A model spread over several ranks (`mlx.launch`, metal_runtime.distributed) runs one engine per
-rank: rank 0's serves the caller and broadcasts what it runs; the others `follow()` it (lockstep.py).
+Two ways to read a generation, neither of them polling:
+- `submit(..., push=...)`: events are pushed (from the decode thread: `push` must not block; an asyncio
+  caller passes `loop.call_soon_threadsafe`-based pushes), ending with one `Finished`; the returned
+  handle's `cancel()` stops it at the decode thread's next step;
+- `stream(...)`: a generator of events for a thread that waits on a queue; a `StopSignal` (or closing
+  the generator, Ctrl-C) stops it, and when the generator is done the cache it used is consistent.
+
+A model spread over several ranks (`mlx.launch`, metal_runtime.distributed) runs one engine per rank:
+rank 0's serves the caller and announces what it runs; the others `follow()` it (metal_runtime.lockstep).
 """
 
 from __future__ import annotations
@@ -18,32 +24,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from gptoss_metal.harmony_io import STOP_IDS, Event
+from gptoss_metal.harmony_io import STOP_IDS, Done, Event, StreamParser
 from gptoss_metal.metal_runtime import GenerationStats, Model, load
 from gptoss_metal.metal_runtime.distributed import DistributedGroup, barrier, load_expert_parallel
 from gptoss_metal.metal_runtime.guard import Guard
+from gptoss_metal.metal_runtime.lockstep import Lockstep
 from gptoss_metal.metal_runtime.prompt_cache import PromptCache
+from gptoss_metal.metal_runtime.sequence import SequenceSpec, context_room
+from gptoss_metal.metal_runtime.serving import Handle, ServingCore
 
-from .decode_loop import END, DecodeLoop, Request
-from .lockstep import Lockstep
+from .stop import StopSignal
 
 LOAD_WAIT_S = 1800.0  # ranks load at their disks' speed: the first to finish waits for the last
 
 
 @dataclass
-class TurnStats(GenerationStats):
-    """One generation as the engine ran it: the loop's numbers plus prompt reuse."""
+class Finished:
+    """The last item pushed for a generation: its figures, and the error that ended it (if any)."""
 
-    reused_tokens: int = 0  # prompt tokens that were already in the cache
-    queued_seconds: float = 0.0  # waiting for a free sequence slot
+    stats: GenerationStats
+    error: Optional[BaseException] = None
 
-    def summary(self) -> str:
-        text = (f"prefill {self.prefilled_tokens} tok ({self.prefill_tps:.1f} tok/s), "
-                f"reused {self.reused_tokens} tok, decode {self.generated_tokens} tok ({self.decode_tps:.1f} tok/s)")
-        if self.verifications:
-            text += (f", speculation: {self.accepted_tokens} of {self.drafted_tokens} drafted tokens accepted "
-                     f"in {self.verifications} passes")
-        return text
+
+class _EventSink:
+    """Turns one generation's tokens into harmony events and pushes them (runs on the decode thread)."""
+
+    def __init__(self, tools: Optional[list[str]], forced_prefix: Sequence[int], push: Callable[[object], None]):
+        self.parser = StreamParser(tools)
+        self.push = push
+        self.ended = False  # the parser emitted Done
+        for t in forced_prefix:  # written for the model (e.g. a call `tool_choice` demands): its events first
+            self.token(t)
+
+    def token(self, token: int) -> None:
+        for ev in self.parser.feed(token):
+            if isinstance(ev, Done):
+                self.ended = True
+            self.push(ev)
+
+    def end(self, stats: GenerationStats, error: Optional[BaseException]) -> None:
+        if error is None and not self.ended and stats.finish_reason in ("stop", "length"):
+            for ev in self.parser.finish(stats.finish_reason):
+                self.push(ev)
+        self.push(Finished(stats, error))
 
 
 class Engine:
@@ -51,8 +74,9 @@ class Engine:
 
     `max_sequences`: generations decoded together (each holds one prompt cache while it runs);
     `cache_slots`: prompt caches kept (at least `max_sequences`; more keep idle conversations warm);
-    `kv_budget_bytes`: KV memory all prompt caches may hold together (None: no limit) -- a request
-    waits until its worst case fits, idle caches are dropped oldest first to make room.
+    `kv_budget_bytes`: KV memory all prompt caches may hold together (None: no limit) -- a generation
+    waits until its worst case fits, idle caches are dropped oldest first to make room;
+    `max_queue`: generations that may wait for a turn (None: no limit); more are refused (EngineBusy).
 
     A generation goes to the cache its prompt continues; one that names a `cache_key` (the chat page
     names its conversation) goes back to the cache that key used last, if that cache is free, so
@@ -64,29 +88,25 @@ class Engine:
 
     def __init__(self, model: Model, model_id: str = "gpt-oss", max_snapshots: int = 4, speculate: bool = True,
                  max_sequences: int = 1, cache_slots: Optional[int] = None, kv_budget_bytes: Optional[int] = None,
-                 lockstep: Optional[Lockstep] = None):
-        if max_sequences < 1:
-            raise ValueError("max_sequences must be >= 1")
+                 lockstep: Optional[Lockstep] = None, max_queue: Optional[int] = None):
         if cache_slots is not None and cache_slots < 1:
             raise ValueError("cache_slots must be >= 1")
         self.model = model
         self.model_id = model_id
         self.speculate = speculate  # prompt-lookup speculative decoding where it pays (per request overridable)
-        if lockstep is not None:
-            max_sequences, cache_slots = 1, 1  # ranks in lockstep decode one sequence at a time, one cache
-        n_slots = max(max_sequences, cache_slots or max_sequences)
-        self.max_sequences = max_sequences
-        self.slots = [PromptCache(model, max_snapshots=max_snapshots) for _ in range(n_slots)]
         self.lockstep = lockstep
-        self._loop = DecodeLoop(model, self.slots, max_sequences=max_sequences, kv_budget_bytes=kv_budget_bytes,
-                                lockstep=lockstep)
+        self.core = ServingCore(model, slots=cache_slots or max_sequences, max_sequences=max_sequences,
+                                kv_budget_bytes=kv_budget_bytes, max_snapshots=max_snapshots, max_queue=max_queue,
+                                coordination=lockstep)
+        self.max_sequences = self.core.max_sequences
         if lockstep is not None and lockstep.leader:
-            self._loop.start()  # the other ranks hear from rank 0 from now on (requests or heartbeats)
+            self.core.start()  # the other ranks hear from rank 0 from now on (requests or heartbeats)
 
     @classmethod
     def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None, speculate: bool = True,
              max_sequences: int = 1, cache_slots: Optional[int] = None, kv_budget_bytes: Optional[int] = None,
-             group: Optional[DistributedGroup] = None, guard: Optional[Guard] = None) -> "Engine":
+             group: Optional[DistributedGroup] = None, guard: Optional[Guard] = None,
+             max_queue: Optional[int] = None) -> "Engine":
         """Load a model folder. With `group`, this rank's share of it (its experts, the dense weights),
         once every rank has loaded its share; the engine then decodes one sequence at a time."""
         if group is None:
@@ -96,76 +116,105 @@ class Engine:
             with guard.deadline("waiting for the other ranks to load", LOAD_WAIT_S) if guard else nullcontext():
                 barrier(group)
         return cls(model, model_id or Path(path).name, speculate=speculate, max_sequences=max_sequences,
-                   cache_slots=cache_slots, kv_budget_bytes=kv_budget_bytes,
+                   cache_slots=cache_slots, kv_budget_bytes=kv_budget_bytes, max_queue=max_queue,
                    lockstep=Lockstep(group, guard) if group is not None else None)
 
     def follow(self) -> None:
         """A rank other than 0: run what rank 0's engine runs until it closes (every rank's caches stay alike)."""
-        if self.lockstep is None or self.lockstep.leader:
-            raise RuntimeError("only a follower rank follows")
-        self._loop.follow(TurnStats)
+        self.core.follow()
+
+    # -- the context ----------------------------------------------------------------------------
+
+    @property
+    def context_length(self) -> int:
+        return self.core.context_length
+
+    def room(self, prompt: Sequence[int]) -> int:
+        """Tokens that can still be generated after `prompt` (< 1: it does not fit)."""
+        return context_room(self.context_length, len(prompt))
+
+    # -- state --------------------------------------------------------------------------------------
+
+    @property
+    def slots(self) -> list[PromptCache]:
+        return [s.cache for s in self.core.pool.slots]
 
     @property
     def prompt_cache(self) -> PromptCache:
         """The prompt cache the last generation used (with one sequence: the only one)."""
-        return self._loop.last_slot or self.slots[0]
+        last = self.core.pool.last
+        return last.cache if last is not None else self.core.pool.slots[0].cache
 
     @property
     def active(self) -> int:
         """Generations being decoded now."""
-        return self._loop.active_count
+        return self.core.active_count
 
-    def stream(
+    @property
+    def waiting(self) -> int:
+        """Generations waiting for their turn."""
+        return self.core.waiting_count
+
+    # -- generations ----------------------------------------------------------------------------
+
+    def submit(
         self,
         prompt: Sequence[int],
         *,
+        push: Callable[[object], None],
         max_tokens: int,
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: Optional[int] = None,
         tools: Optional[Iterable[str]] = None,
-        stats: Optional[TurnStats] = None,
+        stats: Optional[GenerationStats] = None,
         extra_stop_ids: Iterable[int] = (),
         forced_prefix: Sequence[int] = (),
-        should_stop: Optional[Callable[[], bool]] = None,
         speculate: Optional[bool] = None,
         cache_key: Optional[str] = None,
-    ) -> Iterator[Event]:
-        """Parser events of one generation from `prompt` (which ends with `<|start|>assistant`).
+    ) -> Handle:
+        """Queue one generation from `prompt` (which ends with `<|start|>assistant`): its parser events are
+        `push`ed as they come, then one `Finished`.
 
         `forced_prefix` is fed as if the model had written it (e.g. the header of a tool call that
-        `tool_choice` demands); its events come first. `should_stop` is polled after every token, so a
-        cancelled request stops within a token. Closing the generator (a client gone, Ctrl-C) stops
-        the generation too; either way, when this generator is done the cache it used is consistent.
-        `cache_key` names the conversation, to find its prompt cache again (see the class docstring).
+        `tool_choice` demands); its events come first. Raises (before queueing) a RuntimeUserError for a
+        generation that cannot run, EngineBusy when too many wait, EngineClosed when shutting down.
         """
-        req = Request(
-            prompt=list(prompt), forced_prefix=list(forced_prefix), max_tokens=max_tokens, temperature=temperature,
-            top_p=top_p, seed=seed, tools=None if tools is None else list(tools),
-            stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids), stats=stats if stats is not None else TurnStats(),
-            speculate=self.speculate if speculate is None else speculate, should_stop=should_stop,
-            cache_key=cache_key,
-        )
-        self._loop.submit(req)
-        try:
-            while True:
-                try:
-                    item = req.events.get(timeout=0.1)
-                except queue.Empty:
-                    if should_stop is not None and should_stop():
-                        req.cancel()
-                    continue
-                if item is END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if should_stop is not None and should_stop():
-                    break  # the caller stopped: nothing more is delivered (the decode thread stops too)
-        finally:
-            req.cancel()
-            req.released.wait()  # the decode thread is done with this request's cache
+        spec = SequenceSpec(
+            prompt=tuple(prompt) + tuple(forced_prefix), max_tokens=max_tokens, temperature=temperature,
+            top_p=top_p, seed=seed, stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids),
+            speculate=self.speculate if speculate is None else speculate, cache_key=cache_key)
+        sink = _EventSink(None if tools is None else list(tools), forced_prefix, push)
+        return self.core.submit(spec, sink, stats)
+
+    def stream(self, prompt: Sequence[int], *, stop: Optional[StopSignal] = None, **options) -> Iterator[Event]:
+        """Parser events of one generation (options as `submit`), for a thread that waits for them.
+
+        Submits at once (refusals are raised here, not at the first event). `stop` ends it at the decode
+        thread's next step; so does closing the generator (a client gone, Ctrl-C). When the generator is
+        done, the cache the generation used is consistent.
+        """
+        items: "queue.SimpleQueue[object]" = queue.SimpleQueue()
+        handle = self.submit(prompt, push=items.put, **options)
+        return _events(items, handle, stop)
 
     def close(self) -> None:
         """Stop the decode thread (generations in flight end as cancelled)."""
-        self._loop.close()
+        self.core.close()
+
+
+def _events(items: "queue.SimpleQueue[object]", handle: Handle, stop: Optional[StopSignal]) -> Iterator[Event]:
+    unlink = stop.on_set(handle.cancel) if stop is not None else None
+    try:
+        while True:
+            item = items.get()
+            if isinstance(item, Finished):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        if unlink is not None:
+            unlink()
+        handle.cancel()
+        handle.wait()  # the decode thread is done with this generation's cache

@@ -25,8 +25,11 @@ from gptoss_metal.harmony_io import (
     render,
 )
 from gptoss_metal.harmony_io.shapes import ToolCall
+from gptoss_metal.metal_runtime import GenerationStats
+from gptoss_metal.metal_runtime.serving import EngineBusy
 
-from .engine import Engine, TurnStats
+from .engine import Engine
+from .stop import StopSignal
 from .tools.functions import FunctionRegistry
 from .tools.python_tool import PythonTool
 
@@ -59,7 +62,7 @@ class ContextFull(HarmonyIOError):
 
 @dataclass
 class TurnReport:
-    steps: list[TurnStats] = field(default_factory=list)
+    steps: list[GenerationStats] = field(default_factory=list)
     interrupted: bool = False
     finish_reason: Optional[str] = None
 
@@ -121,7 +124,7 @@ class ChatSession:
         self.engine = engine
         self.system = system
         self.effort = effort
-        self.python = python_tool if isinstance(python_tool, PythonTool) else (PythonTool() if python_tool else None)
+        self.python = (PythonTool() if python_tool else None) if isinstance(python_tool, bool) else python_tool
         self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
         self.max_tool_steps = max_tool_steps
         self.keep_analysis = keep_analysis
@@ -163,37 +166,48 @@ class ChatSession:
 
     # -- a turn ------------------------------------------------------------------------------
 
-    def send(self, text: str, should_stop: Optional[Callable[[], bool]] = None) -> Iterator[ChatEvent]:
+    def send(self, text: str, stop: Optional[StopSignal] = None) -> Iterator[ChatEvent]:
         """Stream one user turn (all its generation steps and tool results).
 
-        `should_stop` is polled after every generated token and before every tool call: when it
-        says so, the turn ends like a Ctrl-C (the partial answer is kept, marked interrupted).
-        Raises ContextFull before generating when the conversation no longer fits.
+        `stop` ends the running generation at its next token and the turn before its next tool call or
+        generation, like a Ctrl-C (the partial answer is kept, marked interrupted). Raises ContextFull
+        before generating when the conversation no longer fits.
         """
-        stopped = should_stop or (lambda: False)
+        stop = stop if stop is not None else StopSignal()
+        stopped = stop.is_set
         self.messages.append({"role": "user", "content": text})
         report = TurnReport()
         self.last_turn = report
         self.history_reports.append(report)
         for step in range(self.max_tool_steps + 1):
             prompt = self.render()
-            room = self.engine.model.args.max_position_embeddings - len(prompt.tokens)
+            room = self.engine.room(prompt.tokens)
             if room < 1:
                 if step == 0:
                     self.messages.pop()  # nothing was said: the turn did not happen
                     self.history_reports.pop()
                 raise ContextFull(f"the conversation is {len(prompt.tokens)} tokens long and the model's context "
-                                  f"holds {self.engine.model.args.max_position_embeddings}: start a new one")
+                                  f"holds {self.engine.context_length}: start a new one")
             turn = AssistantTurn()
-            stats = TurnStats()
+            stats = GenerationStats()
             report.steps.append(stats)
             completed = False
             try:
-                for ev in self.engine.stream(
+                events = self.engine.stream(
                     prompt.tokens, max_tokens=min(self.max_tokens, room), temperature=self.temperature,
-                    top_p=self.top_p, seed=self.seed, tools=prompt.recipients, stats=stats,
-                    should_stop=stopped, cache_key=self.cache_key,
-                ):
+                    top_p=self.top_p, seed=self.seed, tools=prompt.recipients, stats=stats, stop=stop,
+                    cache_key=self.cache_key)
+            except EngineBusy:
+                if step == 0:  # refused before anything ran (the engine's queue is full): the turn did not happen
+                    self.messages.pop()
+                    self.history_reports.pop()
+                raise
+            except BaseException:  # Ctrl-C before the generation began: the turn is kept, interrupted
+                self.messages.append(history_message(turn, interrupted=True))
+                report.interrupted, report.finish_reason = True, "interrupted"
+                raise
+            try:
+                for ev in events:
                     turn.add(ev)
                     yield ev
                 completed = turn.finish_reason is not None or not stopped()

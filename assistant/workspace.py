@@ -6,9 +6,10 @@ is what cannot be stored: each conversation's python interpreter, kept for the m
 conversations. Each conversation names its own prompt cache (`cache_key`), so with several cache
 slots in the engine, coming back to a conversation reuses its cached prompt.
 
-Turns run on the model's single worker thread (the server queues them with API requests), so this
-class never runs two generations at once; reading and renaming happen from other threads, through
-the store.
+A turn runs on its caller's thread (the server gives each running turn one); its generations queue in
+the engine beside API requests, and its tool calls run there without holding any of the engine's
+sequences. A conversation runs one turn at a time (the page service sees to that); reading and
+renaming happen from other threads, through the store.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gptoss_metal.harmony_io import HarmonyIOError
 from .conversations import DEFAULT_TITLE, Conversation, ConversationStore
 from .engine import Engine
 from .session import ChatEvent, ChatSession
+from .stop import StopSignal
 from .tools.python_tool import PythonTool
 
 TITLE_CHARS = 60
@@ -99,7 +101,7 @@ class Workspace:
         return s
 
     def run_turn(self, conv_id: str, text: Optional[str], *, mode: str = "send",
-                 should_stop: Optional[Callable[[], bool]] = None) -> Iterator[TurnItem]:
+                 stop: Optional[StopSignal] = None) -> Iterator[TurnItem]:
         """One user turn of a stored conversation, stored again when it ends (however it ends).
 
         mode: "send" (a new message), "regenerate" (answer the last user message again), "edit"
@@ -124,7 +126,7 @@ class Workspace:
             self.store.update(conv_id, title=title_from(text))
         start = len(session.messages)
         try:
-            yield from session.send(text, should_stop=should_stop)
+            yield from session.send(text, stop=stop)
         finally:
             report = session.last_turn
             shown = report.figures() if report is not None else {}

@@ -25,8 +25,10 @@ import mlx.core as mx
 sys.path.insert(0, str(Path(__file__).parent))
 from depth_compare import backend, ensure_checkpoint  # noqa: E402
 
-from gptoss_metal.assistant import Engine, TurnStats  # noqa: E402
-from gptoss_metal.metal_runtime import load  # noqa: E402
+from gptoss_metal.assistant import Engine  # noqa: E402
+from gptoss_metal.harmony_io import STOP_IDS  # noqa: E402
+from gptoss_metal.metal_runtime import GenerationStats, load  # noqa: E402
+from gptoss_metal.metal_runtime.sequence import SequenceSpec  # noqa: E402
 
 
 def prompts(n: int, length: int) -> list[list[int]]:
@@ -35,18 +37,23 @@ def prompts(n: int, length: int) -> list[list[int]]:
 
 
 def stream(engine: Engine, prompt: list[int], gen: int, out: dict, key, marks: dict) -> None:
-    """One greedy stream. `marks[key]`: (time, tokens so far) as the decode thread polls it each step,
-    so the benchmark knows exactly when each stream was decoding."""
-    st = TurnStats()
-    series: list[tuple[float, int]] = []
+    """One greedy stream. `marks[key]`: (time, tokens so far) at each token, taken on the decode thread
+    (a token sink on the serving core), so the benchmark knows exactly when each stream was decoding."""
+    st = GenerationStats()
+    series: list[tuple[float, int]] = [(time.perf_counter(), 0)]
+    done = threading.Event()
 
-    def poll() -> bool:
-        series.append((time.perf_counter(), len(st.generated)))
-        return False
+    class Sink:
+        def token(self, token: int) -> None:
+            series.append((time.perf_counter(), len(st.generated)))
 
-    for _ in engine.stream(prompt, max_tokens=gen, temperature=0.0, stats=st, speculate=False, should_stop=poll):
-        pass
-    series.append((time.perf_counter(), len(st.generated)))
+        def end(self, stats: GenerationStats, error) -> None:
+            done.set()
+
+    spec = SequenceSpec(prompt=tuple(prompt), max_tokens=gen, temperature=0.0, stop_ids=tuple(STOP_IDS),
+                        speculate=False)
+    engine.core.submit(spec, Sink(), st)
+    done.wait()
     marks[key] = series
     out[key] = (list(st.generated), st)
 

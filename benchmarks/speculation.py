@@ -21,7 +21,6 @@ model and a trimmable cache; it is attempted on the same checkpoint and its erro
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 import statistics
 import sys

@@ -153,8 +153,15 @@ class TerminalChat:
         c = self.console
         mode = None  # what is being printed: "reasoning" | "answer" | "tool"
         gen = self.session.send(text)
+        # until the first words arrive (a long prompt prefills for a while), say that it is working
+        waiting = c.status("[dim]working... (Ctrl-C stops)[/]") if c.is_terminal else None
+        if waiting is not None:
+            waiting.start()
         try:
             for ev in gen:
+                if waiting is not None:
+                    waiting.stop()
+                    waiting = None
                 if isinstance(ev, ReasoningDelta):
                     if not self.show_reasoning:
                         continue
@@ -179,8 +186,14 @@ class TerminalChat:
                 elif isinstance(ev, StepLimitReached):
                     c.print(f"\n[yellow]stopped after {ev.steps} tool steps[/]")
         except KeyboardInterrupt:
+            if waiting is not None:
+                waiting.stop()
+                waiting = None
             gen.close()
             c.print(" [yellow]\\[interrupted][/]")
+        finally:
+            if waiting is not None:
+                waiting.stop()
         c.print()
         if self.session.last_turn is not None:
             c.print(f"[cyan]{escape(self.session.last_turn.line())}[/]")

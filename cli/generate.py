@@ -58,12 +58,12 @@ def _generate(ranks: Ranks | None, model_path: str, prompt: str, system: str | N
               show_reasoning: bool, dtype: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
               no_speculate: bool) -> None:
     from gptoss_metal.harmony_io import PreambleDelta, ReasoningDelta, TextDelta, render_prompt, today
-    from gptoss_metal.assistant import TurnStats
+    from gptoss_metal.metal_runtime import GenerationStats
 
     engine = load_engine(ranks, model_path, dtype=dtype, speculate=not no_speculate)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     tokens = render_prompt(messages, reasoning_effort=effort, current_date=today())
-    stats = TurnStats()
+    stats = GenerationStats()
     for ev in engine.stream(tokens, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                             tools=[], stats=stats):  # the prompt declares no tools
         if isinstance(ev, (TextDelta, PreambleDelta)):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
-import threading
-import time
+import sys
 import webbrowser
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,7 +21,7 @@ from .generate import DTYPES
 from .group import Ranks, load_engine, run_command
 from .launch import distributed_option, relaunch
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # a URL is never split over lines
 
 
 def server_options(fn: Callable) -> Callable:
@@ -62,6 +62,9 @@ def server_options(fn: Callable) -> Callable:
         click.option("--no-speculate", "no_speculate", is_flag=True,
                      help="Turn off prompt-lookup speculative decoding by default (requests may still set "
                           "`speculate`)."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+                     show_default=True, help="info: one line per request on stderr (method, path, status, tokens, "
+                     "tok/s, time to first token, finish reason); error: only failed requests."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -90,10 +93,10 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
                cache_slots: int, allow_host: tuple[str, ...], allow_origin: tuple[str, ...],
                page_temperature: float, open_browser: bool, max_sequences: int = 4,
                kv_budget_gb: Optional[float] = None, no_speculate: bool = False,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, ranks: Optional[Ranks] = None) -> None:
-    import uvicorn
-
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log_level: str = "info",
+               ranks: Optional[Ranks] = None) -> None:
     from gptoss_metal.server.assembly import assemble
+    from gptoss_metal.server.lifecycle import serve
 
     if not _port_free(host, port):
         if not open_browser:
@@ -118,25 +121,29 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
                   "time, the others wait in the queue")
     if "*" in allow_origin:
         err.print("[yellow]warning:[/] --allow-origin '*': any web page you visit can use this server")
-    uv = uvicorn.Server(uvicorn.Config(server.app, host=host, port=port, log_level="warning"))
+    _log_requests(log_level)
 
-    def announce() -> None:
-        while not uv.started:
-            if uv.should_exit:
-                return
-            time.sleep(0.05)
-        bound = uv.servers[0].sockets[0].getsockname()[1] if uv.servers else port
+    def started(bound: int) -> None:
         url = _url(host, bound)
         err.print(f"serving [bold]{server.service.model_id}[/]: chat page {url}  API {url}v1  "
-                  f"(conversations in {server.database})")
+                  f"(conversations in {server.database}; Ctrl-C to stop)")
         if open_browser and not webbrowser.open(url):
             err.print(f"open {url} in your browser")
 
-    threading.Thread(target=announce, daemon=True).start()
-    try:
-        uv.run()
-    finally:
-        server.close()
+    status = serve(server, host, port, on_started=started, say=lambda text: err.print(f"gptoss: {text}"))
+    if status:
+        sys.exit(status)
+
+
+def _log_requests(level: str) -> None:
+    """The request log (server/request_log.py) on stderr, at `level`."""
+    log = logging.getLogger("gptoss.server")
+    log.setLevel(level.upper())
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    log.propagate = False
 
 
 @click.command("serve")

@@ -2,10 +2,11 @@
 
 from .cache import CacheSnapshot, ModelCache
 from .errors import CacheError, ContextOverflowError, GenerationError, ModelLoadError, RuntimeUserError
-from .generate import GenerationStats, generate, prefill
+from .generate import generate, prefill
 from .loading import load
 from .model import Model
 from .sampling import make_sampler, top_p_mask
+from .sequence import GenerationStats
 
 __all__ = [
     "CacheError",

@@ -17,7 +17,8 @@ import numpy as np
 
 from gptoss_metal import architecture
 
-from .generate import GenerationStats, generate
+from .generate import generate
+from .sequence import GenerationStats
 from .model import Model
 
 # Unified-memory bandwidth in GB/s from Apple's published specifications (apple.com tech specs

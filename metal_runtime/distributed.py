@@ -22,7 +22,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import mlx.core as mx
 import numpy as np
@@ -38,7 +38,6 @@ from .loading import load
 from .model import Model
 from .moe import SwitchMXFP4GLU
 from .sampling import SamplerState
-from .speculative import accept_sampled
 
 COMPACT_MIN_ROWS = 16  # tokens from which a MoE block computes only this rank's (token, expert) pairs
 
@@ -184,11 +183,11 @@ def barrier(group: DistributedGroup) -> None:
 class BroadcastSampler(SamplerState):
     """Rank 0 samples; every rank receives rank 0's choice, so every rank feeds the same tokens.
 
-    Tokens and greedy verification targets are broadcast inside the graph (decode stays pipelined);
-    on every rank the broadcast's input depends on the step's logits, so the broadcast comes after the
-    step's MoE all_sums on every rank. The acceptance of a sampled draft is decided on rank 0's host
-    and broadcast there. `force(token)` (rank 0) makes every later choice `token` -- a stop id, to end
-    a generation on all ranks at the same step when rank 0's caller stops it.
+    Tokens and verification targets (greedy or sampled: sampling.py) are broadcast inside the graph
+    (decode stays pipelined); on every rank the broadcast's input depends on the step's logits, so the
+    broadcast comes after the step's MoE all_sums on every rank. `force(token)` (rank 0) makes every
+    later choice `token` -- a stop id, to end a generation on all ranks at the same step when rank 0's
+    caller stops it.
     """
 
     lockstep = True  # generate() then takes speculation decisions from tokens only, identically everywhere
@@ -202,28 +201,18 @@ class BroadcastSampler(SamplerState):
     def force(self, token: int) -> None:
         self.forced = int(token)
 
-    def _share(self, choose: Callable[[mx.array], mx.array], logits: mx.array) -> mx.array:
-        shape = logits.shape[:-1]
+    def _share(self, mine: mx.array, logits: mx.array) -> mx.array:
         if not self.group.leader:
-            mine = mx.zeros(shape, dtype=mx.uint32)
+            mine = mx.zeros(mine.shape, dtype=mx.uint32)
         elif self.forced is not None:
-            mine = mx.full(shape, self.forced, dtype=mx.uint32)
-        else:
-            mine = choose(logits)
+            mine = mx.full(mine.shape, self.forced, dtype=mx.uint32)
         return mx.distributed.all_sum(mx.depends(mine, logits), group=self.group.handle)
 
-    def __call__(self, logits: mx.array) -> mx.array:
-        return self._share(super().__call__, logits)
+    def __call__(self, logits: mx.array, index: int) -> mx.array:
+        return self._share(self.draw(logits, index), logits)
 
-    def targets(self, logits: mx.array) -> mx.array:
-        return self._share(super().targets, logits)
-
-    def accept(self, draft: Sequence[int], logits: mx.array) -> tuple[int, int]:
-        key = self.next_key()
-        if self.group.leader:
-            m, token = (0, self.forced) if self.forced is not None else accept_sampled(draft, logits, key)
-            return tuple(broadcast_ints([m, token], 2, self.group))
-        return tuple(broadcast_ints(None, 2, self.group))
+    def targets(self, logits: mx.array, first_index: int) -> mx.array:
+        return self._share(super().targets(logits, first_index), logits)
 
 
 # -- expert parallelism -----------------------------------------------------------------------------

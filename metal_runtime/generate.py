@@ -11,7 +11,7 @@ possibly the last one when generation ended by `max_tokens`; `cache.offset` tell
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import mlx.core as mx
@@ -20,7 +20,8 @@ from .backend import backend_name
 from .cache import ModelCache
 from .errors import ContextOverflowError, GenerationError
 from .model import Model
-from .sampling import Sampler, SamplerState, make_sampler
+from .sampling import SamplerState, make_sampler
+from .sequence import GenerationStats, Sequence as SequenceState, context_room
 from .speculative import Drafter, PromptLookupDrafter, SpeculationPolicy, accept_greedy
 
 # Prompt tokens per prefill forward pass. Larger chunks amortize launches and let the sorted expert
@@ -33,33 +34,6 @@ def default_prefill_chunk() -> int:
     return PREFILL_CHUNK.get(backend_name(), 512)
 
 
-@dataclass
-class GenerationStats:
-    """Filled in while a generation runs; read it after (or during) iteration."""
-
-    prompt_tokens: int = 0
-    prefilled_tokens: int = 0  # prompt tokens actually computed (the rest came from the cache)
-    prefill_seconds: float = 0.0
-    generated_tokens: int = 0
-    decode_seconds: float = 0.0
-    first_token_seconds: float = 0.0
-    finish_reason: Optional[str] = None  # "stop" | "length"
-    stop_token: Optional[int] = None
-    generated: list[int] = field(default_factory=list)
-    verifications: int = 0  # speculative verification passes
-    drafted_tokens: int = 0  # draft tokens verified
-    accepted_tokens: int = 0  # draft tokens kept
-
-    @property
-    def prefill_tps(self) -> float:
-        return self.prefilled_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
-
-    @property
-    def decode_tps(self) -> float:
-        n = self.generated_tokens - 1  # the first token's time is part of time-to-first-token
-        return n / self.decode_seconds if self.decode_seconds > 0 and n > 0 else 0.0
-
-
 def prefill(model: Model, tokens: Sequence[int], cache: ModelCache, chunk: Optional[int] = None) -> None:
     """Feed tokens into the cache in bounded chunks (memory does not grow with the prompt)."""
     chunk = chunk or default_prefill_chunk()
@@ -70,11 +44,10 @@ def prefill(model: Model, tokens: Sequence[int], cache: ModelCache, chunk: Optio
 
 @dataclass
 class _Verification:
-    """A queued verification pass: inputs `[first, *draft]`, results per input position."""
+    """A queued verification pass: inputs `[first, *draft]`, the sampler's choice after each input."""
 
     draft: list[int]
-    targets: Optional[mx.array]  # greedy: argmax after each input
-    logits: Optional[mx.array]  # sampling: processed logits after each input
+    targets: mx.array
     started: float
 
 
@@ -88,12 +61,13 @@ def generate(
     seed: Optional[int] = None,
     stop_ids: Iterable[int] = (),
     cache: Optional[ModelCache] = None,
-    sampler: Optional[Sampler] = None,
+    sampler: Optional[SamplerState] = None,
     prefill_chunk: Optional[int] = None,
     stats: Optional[GenerationStats] = None,
     speculate: Union[bool, SpeculationPolicy] = True,
     history: Sequence[int] = (),
     drafter: Optional[Drafter] = None,
+    first_index: int = 0,
 ) -> Iterator[int]:
     """Yield generated token ids until a stop id (yielded too) or `max_tokens`.
 
@@ -101,7 +75,8 @@ def generate(
     pass only the new tokens, and the held ones as `history` so prompt lookup can draft from them).
     Stops early, with finish_reason "length", at the model's context limit. `speculate`: False turns
     prompt-lookup speculation off; True lets a fresh `SpeculationPolicy` decide per step; `drafter`
-    replaces prompt lookup as the source of drafts.
+    replaces prompt lookup as the source of drafts. `first_index`: the index of the first token this
+    call generates within its whole generation (a sampler's randomness is addressed by it).
     """
     prompt = list(prompt_ids)
     if not prompt:
@@ -118,15 +93,13 @@ def generate(
         raise ContextOverflowError(
             f"prompt of {cache.offset + len(prompt)} tokens exceeds the model's context of {limit}"
         )
-    max_tokens = min(max_tokens, limit - cache.offset - len(prompt) + 1)
+    max_tokens = min(max_tokens, context_room(limit, cache.offset + len(prompt)))
     sample = sampler if sampler is not None else make_sampler(temperature, top_p, seed)
     policy = speculate if isinstance(speculate, SpeculationPolicy) else (SpeculationPolicy() if speculate else None)
     if policy is not None and ((seed is not None and temperature > 0) or getattr(sample, "lockstep", False)):
         # decisions from timings would make a seeded sample irreproducible, and would differ between
         # processes that must run the same passes (a lockstep sampler: distributed.BroadcastSampler)
         policy.timed = False
-    if policy is not None and not isinstance(sample, SamplerState):
-        policy = None  # verification needs the sampler's distribution and key chain
     if policy is None:
         drafter = None
     else:
@@ -139,22 +112,19 @@ def generate(
     t0 = time.perf_counter()
     prefill(model, prompt[:-1], cache, prefill_chunk)
 
-    def plain_step(token: mx.array) -> mx.array:
-        return sample(model(token.reshape(1, 1), cache)[:, -1, :])
+    def plain_step(token: mx.array, index: int) -> mx.array:
+        return sample(model(token.reshape(1, 1), cache)[:, -1, :], index)
 
-    def verify_step(first: mx.array, draft: list[int]) -> _Verification:
+    def verify_step(first: mx.array, draft: list[int], index: int) -> _Verification:
         inputs = mx.concatenate([first.reshape(1).astype(mx.uint32), mx.array(draft, dtype=mx.uint32)])
         with cache.deferred_writes():
             logits = model(inputs[None], cache)[0]
-        if sample.greedy:
-            v = _Verification(draft, sample.targets(logits), None, time.perf_counter())
-            mx.async_eval(v.targets)
-        else:
-            v = _Verification(draft, None, sample.process(logits), time.perf_counter())
-            mx.async_eval(v.logits)
+        v = _Verification(draft, sample.targets(logits, index), time.perf_counter())
+        mx.async_eval(v.targets)
         return v
 
-    cur: Union[mx.array, int] = plain_step(mx.array(prompt[-1:]))  # the next token, not yet in the cache
+    # the next token (index first_index + emitted), not yet in the cache
+    cur: Union[mx.array, int] = plain_step(mx.array(prompt[-1:]), first_index)
     mx.async_eval(cur)
     t_first: Optional[float] = None
     t_read: Optional[float] = None
@@ -199,7 +169,8 @@ def generate(
                         draft = drafter.draft(room + 1)[1:]
                     draft = draft[: policy.draft_length(len(draft))]
                 first = mx.array(cur) if known else cur
-                step = verify_step(first, draft) if draft else plain_step(first)
+                index = first_index + emitted + 1  # of the token after `cur`
+                step = verify_step(first, draft, index) if draft else plain_step(first, index)
                 if not draft:
                     mx.async_eval(step)
             token = cur if known else int(cur.item())
@@ -213,10 +184,7 @@ def generate(
             yield token
             if isinstance(step, _Verification):
                 v, step = step, None
-                if v.targets is not None:
-                    m, nxt = accept_greedy(v.draft, v.targets.tolist())
-                else:
-                    m, nxt = sample.accept(v.draft, v.logits)
+                m, nxt = accept_greedy(v.draft, v.targets.tolist())
                 kept = m
                 for i, d in enumerate(v.draft[:m]):  # a stop or the budget inside the accepted part ends it
                     if d in stops or emitted + i + 1 >= max_tokens:
@@ -242,3 +210,73 @@ def generate(
     finally:
         if isinstance(step, _Verification):  # closed while a verification was in flight: keep `token`
             cache.settle(len(step.draft))
+
+
+class SoloRun:
+    """A sequence decoded alone by `generate` (pipelined, speculative), and the exact ways out of it.
+
+    `generate` may have fed more than it handed out: the pipelined step (the last token handed out,
+    already fed to compute the next) and verified drafts it keeps in the cache before yielding them.
+    `rewind` hands those drafts out and trims the pipelined position, so the sequence's cache holds
+    exactly its tokens but the last, which the batched step then feeds; `close` ends the run and returns
+    what it fed but never handed out (kept in the cache's token list: a ring cannot take back more than
+    a position).
+    """
+
+    def __init__(self, model: Model, seq: SequenceState, first_input: int):
+        self.seq = seq
+        self.stats = GenerationStats()  # this run's speculation counts, added to the sequence's at the end
+        context = seq.held + seq.to_feed + seq.generated
+        self._gen: Optional[Iterator[int]] = generate(
+            model, [first_input], max_tokens=seq.budget - len(seq.generated), cache=seq.kv,
+            sampler=seq.sampler, stop_ids=seq.spec.stop_ids, stats=self.stats, speculate=seq.spec.speculate,
+            history=context[: len(context) - 1], first_index=len(seq.generated))
+
+    def next(self) -> Optional[int]:
+        """The next token, or None when the run ended (its budget: the sequence's own rule says so too)."""
+        try:
+            return next(self._gen)
+        except StopIteration:
+            return None
+
+    def rewind(self, deliver) -> Optional[int]:
+        """Leave the run: `deliver(token)` each verified draft still held back; then the token the next
+        (batched) step must feed, or None when the run ended meanwhile."""
+        seq, cache = self.seq, self.seq.kv
+        fed_target = len(seq.held) + len(seq.to_feed) + len(seq.generated)  # every handed-out token fed
+        try:
+            while cache.offset > fed_target:
+                tok = next(self._gen)
+                deliver(tok)
+                fed_target += 1
+        except StopIteration:
+            return None
+        finally:
+            self._end()
+        if not seq.generated:
+            return seq.to_feed[-1]
+        if cache.offset == fed_target:
+            cache.trim(1)  # the pipelined step fed the last token already: the batched step feeds it again
+        seq.prompt_cache.sync(seq.held + seq.to_feed + seq.generated)
+        return seq.generated[-1]
+
+    def close(self) -> list[int]:
+        """End the run; the tokens it fed beyond the sequence's own (verified drafts never handed out)."""
+        extra: list[int] = []
+        if self._gen is None:
+            return extra
+        fed_target = len(self.seq.tokens)
+        try:
+            while self.seq.kv.offset > fed_target + len(extra):
+                extra.append(next(self._gen))
+        except StopIteration:
+            pass
+        finally:
+            self._end()
+        return extra
+
+    def _end(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
+            self.seq.stats.add_speculation(self.stats)

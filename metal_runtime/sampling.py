@@ -2,19 +2,40 @@
 
 Sampling stays in MLX so that the next step can be queued before the host reads the current
 token (see generate.py): the host never waits on the device between tokens.
+
+Randomness is addressed, not consumed: the token at index n of a generation is drawn with the key
+`position_key(seed, n)`, whichever loop computes it -- a plain step, a speculative verification (its
+row for index n), the batched step beside other requests, or a step that was queued, thrown away when
+the sequence moved to another loop, and computed again. So a seeded generation is the same alone, under
+any concurrency and with or without speculation, and verifying a sampled draft is the greedy rule on
+the sampled choices (a draft token is kept iff it is the token plain sampling draws at its index: the
+output is plain sampling's, token for token).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import mlx.core as mx
 
 from .errors import GenerationError
-from .speculative import accept_sampled
 
-Sampler = Callable[[mx.array], mx.array]  # logits [B, V] -> token ids [B] (uint32)
+Sampler = Callable[[mx.array, int], mx.array]  # (logits [B, V], index of the token drawn) -> ids [B] (uint32)
+MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def position_key(seed: int, index: int) -> mx.array:
+    """The PRNG key of the token at `index` of a generation seeded `seed` (a 64-bit mix of both)."""
+    h = _splitmix64(_splitmix64(seed & 0xFFFFFFFF) ^ (index & MASK64))
+    return mx.array([h >> 32, h & 0xFFFFFFFF], dtype=mx.uint32)
 
 
 def top_p_mask(logits: mx.array, top_p: float) -> mx.array:
@@ -34,7 +55,7 @@ def top_p_mask(logits: mx.array, top_p: float) -> mx.array:
 
 
 class SamplerState:
-    """A sampler with its own PRNG key chain: same seed, same logits -> same tokens."""
+    """A sampler for one generation: same seed, same logits at the same index -> same token."""
 
     lockstep = False  # True: other processes replay its choices, so generation decides nothing from timings
 
@@ -48,7 +69,6 @@ class SamplerState:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         self.seed = int(seed) & 0xFFFFFFFF
-        self._key = mx.random.key(self.seed)
 
     @property
     def greedy(self) -> bool:
@@ -59,26 +79,23 @@ class SamplerState:
         logits = logits.astype(mx.float32) * (1.0 / self.temperature)
         return top_p_mask(logits, self.top_p) if self.top_p < 1.0 else logits
 
-    def next_key(self) -> mx.array:
-        """The next key of this sampler's chain (speculative verification draws from it too)."""
-        self._key, sub = mx.random.split(self._key)
-        return sub
+    def __call__(self, logits: mx.array, index: int) -> mx.array:
+        """The token at `index` of the generation, for each row of logits [B, V] (one row in practice)."""
+        return self.draw(logits, index)
 
-    def __call__(self, logits: mx.array) -> mx.array:
+    def targets(self, logits: mx.array, first_index: int) -> mx.array:
+        """The choices after each row of logits [k+1, V], row i drawing the token at `first_index + i`
+        exactly as a plain step would (uint32 [k+1]). Speculative verification (generate.py) asks the
+        sampler, so that a sampler can share its choices with other processes (BroadcastSampler)."""
         if self.greedy:
             return _argmax(logits)
-        return mx.random.categorical(self.process(logits), key=self.next_key()).astype(mx.uint32)
+        return mx.concatenate([self.draw(logits[i : i + 1], first_index + i) for i in range(logits.shape[0])])
 
-    # speculative verification (generate.py) asks the sampler, so that a sampler can share its choices
-    # with other processes (distributed.BroadcastSampler)
-
-    def targets(self, logits: mx.array) -> mx.array:
-        """Greedy choices after each position of logits [..., V] (uint32)."""
-        return _argmax(logits)
-
-    def accept(self, draft: Sequence[int], logits: mx.array) -> tuple[int, int]:
-        """(draft tokens kept, the token after them) for processed logits [k+1, V] (sampling)."""
-        return accept_sampled(draft, logits, self.next_key())
+    def draw(self, logits: mx.array, index: int) -> mx.array:
+        """This process's own choice (subclasses that share choices override `__call__`/`targets`, not this)."""
+        if self.greedy:
+            return _argmax(logits)
+        return mx.random.categorical(self.process(logits), key=position_key(self.seed, index)).astype(mx.uint32)
 
 
 def _argmax(logits: mx.array) -> mx.array:

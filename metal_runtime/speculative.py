@@ -7,9 +7,11 @@ forward pass; the accepted prefix is kept and the cache is rolled back exactly f
 (`ModelCache.deferred_writes` / `settle`: sliding-window rings are written only once acceptance is
 known, so rollback is exact even after they wrapped).
 
-Acceptance is the standard rule for a deterministic draft (a point mass q): greedy keeps a draft token
-iff it is the argmax; sampling keeps `d` with probability p(d) and, on rejection, samples from p with
-`d` removed. Output distribution is exactly the model's; greedy output is token-identical.
+Acceptance: the pass computes, at each of its positions, the token a plain step would choose there
+(the argmax, or the sample drawn with that position's key: sampling.py), and a draft token is kept
+iff it equals that choice. For a deterministic draft (a point mass q) this is the standard rule --
+kept with probability p(d), on rejection the choice is distributed as p with d removed -- and more:
+the output is token for token what plain decoding gives, greedy or seeded.
 
 `SpeculationPolicy` decides per step whether a draft is worth verifying, from measured step times and
 the measured acceptance: it never makes generation slower by more than a few percent.
@@ -17,11 +19,9 @@ the measured acceptance: it never makes generation slower by more than a few per
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
-import mlx.core as mx
 
 MAX_DRAFT = 8  # draft tokens per verification pass
 MAX_NGRAM = 4
@@ -131,49 +131,3 @@ def accept_greedy(draft: Sequence[int], targets: Sequence[int]) -> tuple[int, in
     while m < len(draft) and draft[m] == targets[m]:
         m += 1
     return m, int(targets[m])
-
-
-def accept_sampled(draft: Sequence[int], logits: mx.array, key: mx.array) -> tuple[int, int]:
-    """The standard acceptance rule for a point-mass draft, on processed logits [k+1, V].
-
-    Draft token d_i (proposed after input i) is kept with probability p_i(d_i); at the first
-    rejection the replacement is drawn from p_i with d_i removed; if all are kept, the bonus token is
-    drawn from p_k. Every random number comes from `key`, so a seed reproduces the output.
-    """
-    probs = mx.softmax(logits.astype(mx.float32), axis=-1, precise=True)
-    k = len(draft)
-    u_key, s_key = mx.random.split(key)
-    u = mx.random.uniform(shape=(max(k, 1),), key=u_key)
-    d = mx.array(list(draft) or [0], dtype=mx.uint32)
-    p_draft = mx.take_along_axis(probs[: max(k, 1)], d[:, None], axis=-1)[:, 0]
-    keep = (u < p_draft).tolist()[:k]
-    m = 0
-    while m < k and keep[m]:
-        m += 1
-    row = logits[m].astype(mx.float32)
-    if m < k:  # residual distribution max(p - q, 0) with q the point mass on the rejected token
-        row = mx.where(mx.arange(row.shape[-1]) == draft[m], -mx.inf, row)
-    token = mx.random.categorical(row, key=s_key)
-    return m, int(token.item())
-
-
-@dataclass
-class SpecStats:
-    verifications: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    seconds: float = 0.0
-
-    @property
-    def accepted_per_verification(self) -> float:
-        return self.accepted / self.verifications if self.verifications else 0.0
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        dt, self.t0 = now - self.t0, now
-        return dt

@@ -1,32 +1,34 @@
-"""FastAPI routes of the OpenAI-compatible server (transport only; logic is in openai_api.py)."""
+"""FastAPI routes of the OpenAI-compatible API (transport only: the endpoints' logic is in chat_api.py and
+responses_api.py, the shared service in openai_api.py).
+
+The path of a request, one direction: route -> `prepare` (every refusal a 4xx before anything is queued)
+-> `OpenAIService.start` (engine admission) -> the decode thread pushes events into this loop -> the
+endpoint maps them -> the response. A client that hangs up cancels its generation: a streamed one when
+Starlette stops the stream, a whole one by the disconnect watcher beside it (bridge.run_watched).
+
+The middleware are pure ASGI (disconnects reach the routes), outermost first: the localhost guard
+(security.py), the request log, the API key, the body limits (limits.py). The chat page is another
+set of routes; `assembly.py` adds it.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import chat_api, responses_api, sse
 from .api_models import APIError, ChatCompletionRequest, ResponsesRequest
-from .auth import bearer_token, key_matches
+from .auth import APIKeyCheck
+from .bridge import run_watched
 from .limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from .openai_api import OpenAIService
 from .request_checks import check_chat, check_responses
-from .security import API_PREFIXES, GuardConfig, LocalServerGuard
-
-if TYPE_CHECKING:
-    from .page_api import PageService
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-async def _streaming_disconnect_check() -> bool:
-    """Streams are not polled: Starlette's StreamingResponse watches the connection itself and
-    cancels the stream when the client leaves; polling `receive` beside it would compete with that
-    watcher for the same ASGI messages."""
-    return False
+from .request_log import RequestLog
+from .security import GuardConfig, LocalServerGuard
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
@@ -34,21 +36,12 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
     return JSONResponse(APIError(status, message, type=type_, code=code, param=param).body(), status_code=status)
 
 
-def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: Optional["PageService"] = None,
-               guard: Optional[GuardConfig] = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
-    """The API, and the chat page when `page` is given, behind the localhost guard (security.py) and the
-    request limits (limits.py)."""
+def create_app(service: OpenAIService, api_key: Optional[str] = None, *, guard: Optional[GuardConfig] = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The API behind the localhost guard (security.py), the request log and the request limits."""
     app = FastAPI(title="gptoss-metal", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    context = service.engine.model.args.max_position_embeddings
-
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if api_key is not None and request.url.path.startswith(API_PREFIXES):
-            if not key_matches(bearer_token(request.headers.get("authorization", "")), api_key):
-                return _error(401, "Incorrect or missing API key (send `Authorization: Bearer <key>`).",
-                              code="invalid_api_key")
-        return await call_next(request)
+    context = service.engine.context_length
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, e: APIError) -> JSONResponse:
@@ -71,8 +64,7 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: O
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": service.model_id, "queued": service.scheduler.pending,
-                "busy": service.scheduler.running is not None}
+        return service.health()
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -81,32 +73,33 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: O
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str) -> dict:
         service.check_model(model_id)
-        return {"id": model_id, "object": "model", "created": service.created, "owned_by": "gptoss-metal"}
+        return service.model_object(model_id)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
         check_chat(body, context)
-        if not body.stream:
-            return await service.chat(body, request.is_disconnected)
-        gen = service.chat_generation(body)
-        job = service.submit(gen)
-        return StreamingResponse(service.chat_stream(body, gen, job, _streaming_disconnect_check),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+        gen = chat_api.generation(service, body)
+        running = service.start(gen)
+        record = request.state.figures = {}
+        if body.stream:
+            return sse.response(chat_api.stream(service, body, gen, running, record))
+        return await run_watched(chat_api.complete(service, body, gen, running, record), request.receive,
+                                 running.cancel)
 
     @app.post("/v1/responses")
     async def responses(body: ResponsesRequest, request: Request):
         check_responses(body, context, service.responses)
-        if not body.stream:
-            return await service.respond(body, request.is_disconnected)
-        gen = service.responses_generation(body)
-        job = service.submit(gen)
-        return StreamingResponse(service.respond_stream(body, gen, job, _streaming_disconnect_check),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+        gen = responses_api.generation(service, body)
+        running = service.start(gen)
+        record = request.state.figures = {}
+        if body.stream:
+            return sse.response(responses_api.stream(service, body, gen, running, record))
+        return await run_watched(responses_api.complete(service, body, gen, running, record), request.receive,
+                                 running.cancel)
 
-    if page is not None:
-        from .page_routes import add_page
-
-        add_page(app, page)
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before anything reads a body
+    if api_key is not None:
+        app.add_middleware(APIKeyCheck, api_key=api_key)
+    app.add_middleware(RequestLog)
     app.add_middleware(LocalServerGuard, config=guard or GuardConfig())  # added last: runs first
     return app

@@ -7,7 +7,7 @@ import hmac
 import ipaddress
 from typing import Optional
 
-from .security import WILDCARD_HOSTS
+from .security import API_PREFIXES, WILDCARD_HOSTS
 
 
 def _digest(text: str) -> bytes:
@@ -47,3 +47,29 @@ def exposure_warning(host: str, api_key: Optional[str]) -> Optional[str]:
     where = "all network interfaces" if host in WILDCARD_HOSTS else host
     return (f"listening on {where} without --api-key: anyone who can reach this machine can use the model "
             "(set --api-key or GPTOSS_API_KEY)")
+
+
+class APIKeyCheck:
+    """ASGI middleware: requests to the API (and the page's API) must carry the key.
+
+    Pure ASGI, not Starlette's BaseHTTPMiddleware: that wrapper runs the route in a task of its own and
+    hides the client's disconnect from it, so a request whose client hung up would generate on.
+    """
+
+    def __init__(self, app, api_key: str):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith(API_PREFIXES):
+            headers = dict(scope.get("headers") or [])
+            presented = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+            if not key_matches(presented, self.api_key):
+                from starlette.responses import JSONResponse
+
+                from .api_models import APIError
+
+                e = APIError(401, "Incorrect or missing API key (send `Authorization: Bearer <key>`).",
+                             code="invalid_api_key")
+                await JSONResponse(e.body(), status_code=e.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,21 +1,26 @@
-"""The chat page's service: its requests mapped onto the assistant Workspace and the model's queue.
+"""The chat page's service: its requests mapped onto the assistant Workspace.
 
-Transport-free like openai_api.py (page_routes.py maps HTTP onto it). A turn is queued on the same
-Scheduler as API requests, so the page and API clients take turns on the one model; it runs the
-Workspace's tool loop (the OpenAI API only *describes* tool calls, the page's turns execute them),
-and its events are streamed to the page as small JSON objects (`page_event`). Stopping a turn
-cancels its job: the engine checks between tokens, so the model is free within a token.
+Transport-free like openai_api.py (page_routes.py maps HTTP onto it). A turn runs the Workspace's tool
+loop (the OpenAI API only *describes* tool calls, the page's turns execute them) on a thread of its own:
+its generations queue in the engine beside API requests, and its tool calls hold none of the engine's
+sequences. Its events are pushed into the server's loop (bridge.Inbox) and streamed to the page as
+small JSON objects (`page_event`). Stopping a turn (the stop button, the page going away, shutdown) sets
+its StopSignal: the engine drops the generation at its next step, and the turn ends before its next
+tool call.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
 from gptoss_metal.assistant import (
     ContextFull,
     ConversationStore,
     NoSuchConversation,
+    StopSignal,
     ToolResult,
     TurnFinished,
     Workspace,
@@ -33,9 +38,22 @@ from gptoss_metal.harmony_io import (
 )
 from gptoss_metal.harmony_io.shapes import tool_name
 from gptoss_metal.metal_runtime import RuntimeUserError
+from gptoss_metal.metal_runtime.serving import EngineBusy, EngineClosed
 
+from . import sse
 from .api_models import APIError, ConversationPatch, PageSettings, TurnRequest
-from .scheduler import END, Job, QueueFull, Scheduler
+from .bridge import Inbox
+
+END = object()
+
+
+@dataclass(eq=False)
+class Turn:
+    """A running turn of one conversation: its items arrive in `inbox`, `stop` ends it."""
+
+    inbox: Inbox
+    ahead: int = 0  # generations before this turn's first one, when it started
+    stop: StopSignal = field(default_factory=StopSignal)
 
 
 def page_event(item: Any) -> Optional[dict[str, Any]]:
@@ -62,17 +80,13 @@ def page_event(item: Any) -> Optional[dict[str, Any]]:
     return None
 
 
-def sse(event: dict[str, Any]) -> str:
-    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-
-
 class PageService:
-    def __init__(self, workspace: Workspace, scheduler: Scheduler, *, model_id: str):
+    def __init__(self, workspace: Workspace, *, model_id: str):
         self.workspace = workspace
         self.store: ConversationStore = workspace.store
-        self.scheduler = scheduler
+        self.engine = workspace.engine
         self.model_id = model_id
-        self.jobs: dict[str, Job] = {}  # conversation id -> its queued or running turn
+        self.turns: dict[str, Turn] = {}  # conversation id -> its running turn
 
     def info(self) -> dict[str, Any]:
         engine = self.workspace.engine
@@ -97,7 +111,7 @@ class PageService:
 
     def get(self, conv_id: str) -> dict[str, Any]:
         view = self._get(conv_id).view()
-        view["busy"] = conv_id in self.jobs
+        view["busy"] = conv_id in self.turns
         return view
 
     def _apply(self, conv_id: str, body: PageSettings, title: Optional[str] = None) -> None:
@@ -112,9 +126,9 @@ class PageService:
         return self.get(conv_id)
 
     def delete(self, conv_id: str) -> dict[str, Any]:
-        job = self.jobs.pop(conv_id, None)
-        if job is not None:
-            job.cancel()
+        turn = self.turns.pop(conv_id, None)
+        if turn is not None:
+            turn.stop.set()
         if not self.store.delete(conv_id):
             raise APIError(404, f"No conversation {conv_id!r}.", code="not_found")
         self.workspace.forget(conv_id)
@@ -132,56 +146,76 @@ class PageService:
 
     # -- turns --------------------------------------------------------------------------------
 
-    def start_turn(self, conv_id: str, body: TurnRequest) -> Job:
-        """Validate, apply the settings, and queue the turn (errors here are plain HTTP errors)."""
+    def start_turn(self, conv_id: str, body: TurnRequest) -> Turn:
+        """Validate, apply the settings, and start the turn (errors here are plain HTTP errors)."""
         self._get(conv_id)
-        if conv_id in self.jobs:
+        if conv_id in self.turns:
             raise APIError(409, "This conversation is still answering; stop it first.", code="turn_in_progress")
         if body.mode != "regenerate" and not (body.text or "").strip():
             raise APIError(400, "The message is empty.", param="text")
+        queue = self.engine.core.max_queue
+        if queue is not None and self.engine.waiting >= queue:
+            raise APIError(429, f"The model is busy ({self.engine.waiting} requests are waiting). Try again "
+                           "shortly.", type="rate_limit_error", code="queue_full")
         self._apply(conv_id, body)
+        busy = max(0, self.engine.active - self.engine.max_sequences + 1)  # no free sequence: one must end first
+        turn = Turn(Inbox(), ahead=self.engine.waiting + busy)
 
-        def work(job: Job) -> None:
-            for item in self.workspace.run_turn(conv_id, body.text, mode=body.mode,
-                                                should_stop=job.cancelled.is_set):
-                job.put(item)
+        def release() -> None:  # the conversation is free again (before the page hears the turn ended)
+            if self.turns.get(conv_id) is turn:
+                del self.turns[conv_id]
 
-        try:
-            job = self.scheduler.submit(work)
-        except QueueFull as e:
-            raise APIError(429, f"The model is busy ({e}). Try again shortly.", type="rate_limit_error",
-                           code="queue_full") from None
-        self.jobs[conv_id] = job
-        return job
+        def work() -> None:
+            try:
+                for item in self.workspace.run_turn(conv_id, body.text, mode=body.mode, stop=turn.stop):
+                    if isinstance(item, TurnFinished):
+                        release()
+                    turn.inbox.push(item)
+            except BaseException as e:  # noqa: BLE001 - delivered to the page, which shows it
+                release()
+                turn.inbox.push(e)
+            finally:
+                release()
+                turn.inbox.push(END)
+
+        self.turns[conv_id] = turn
+        threading.Thread(target=work, name=f"gptoss-turn-{conv_id}", daemon=True).start()
+        return turn
 
     def stop(self, conv_id: str) -> dict[str, Any]:
-        job = self.jobs.get(conv_id)
-        if job is not None:
-            job.cancel()
-        return {"id": conv_id, "stopping": job is not None}
+        turn = self.turns.get(conv_id)
+        if turn is not None:
+            turn.stop.set()
+        return {"id": conv_id, "stopping": turn is not None}
 
-    async def turn_events(self, conv_id: str, job: Job) -> AsyncIterator[str]:
+    def shutdown(self) -> None:
+        """Stop every running turn (the server is going away)."""
+        for turn in list(self.turns.values()):
+            turn.stop.set()
+
+    async def turn_events(self, conv_id: str, turn: Turn) -> AsyncIterator[str]:
         """The turn's SSE lines; always ends with a `done` or an `error` event."""
-        ahead = self.scheduler.pending - 1 + (self.scheduler.running is not None)
-        yield sse({"type": "start", "conversation": conv_id, "queued": max(ahead, 0)})
+        yield sse.data({"type": "start", "conversation": conv_id, "queued": turn.ahead})
         try:
-            while True:  # a client that leaves cancels this generator (StreamingResponse): `finally` still runs
-                item = await job.get()
+            while True:  # a page that leaves cancels this generator (StreamingResponse): `finally` still runs
+                item = await turn.inbox.get()
                 if item is END:
                     break
                 if isinstance(item, BaseException):
-                    yield sse(self._error_event(item))
+                    yield sse.data(self._error_event(item))
                     break
                 ev = page_event(item)
                 if ev is not None:
-                    yield sse(ev)
+                    yield sse.data(ev)
         finally:
-            job.cancel()  # the page went away (or the turn ended): free the model within a token
-            if self.jobs.get(conv_id) is job:
-                del self.jobs[conv_id]
+            turn.stop.set()  # the page went away (or the turn ended): free the model at its next step
 
     @staticmethod
     def _error_event(e: BaseException) -> dict[str, Any]:
+        if isinstance(e, EngineBusy):
+            return {"type": "error", "code": "queue_full", "message": f"The model is busy ({e}). Try again shortly."}
+        if isinstance(e, EngineClosed):
+            return {"type": "error", "code": "server_shutting_down", "message": "The server is shutting down."}
         if isinstance(e, ContextFull):
             return {"type": "error", "code": "context_length_exceeded", "message": f"The context is full: {e}."}
         if isinstance(e, NoSuchConversation):

@@ -12,8 +12,8 @@ from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from . import sse
 from .api_models import ConversationPatch, PageSettings, TurnRequest
-from .app import SSE_HEADERS
 from .page_api import PageService
 
 STATIC = Path(__file__).with_name("static")
@@ -55,9 +55,8 @@ def add_page(app: FastAPI, page: PageService) -> None:
 
     @api.post("/conversations/{conv_id}/turn")
     async def turn(conv_id: str, body: TurnRequest) -> StreamingResponse:
-        job = page.start_turn(conv_id, body)
-        return StreamingResponse(page.turn_events(conv_id, job), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        turn = page.start_turn(conv_id, body)
+        return sse.response(page.turn_events(conv_id, turn))
 
     @api.post("/conversations/{conv_id}/stop")
     async def stop(conv_id: str) -> dict:

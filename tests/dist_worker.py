@@ -24,8 +24,8 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
-from gptoss_metal.assistant import Engine, TurnStats
-from gptoss_metal.metal_runtime import generate, load
+from gptoss_metal.assistant import Engine
+from gptoss_metal.metal_runtime import GenerationStats, generate, load
 from gptoss_metal.metal_runtime.distributed import (
     BroadcastSampler,
     DistributedGroup,
@@ -120,16 +120,38 @@ def run_engine(model_dir: str, out: Path, group: Optional[DistributedGroup], gua
         for prompt, opts in SCRIPT:
             opts = dict(opts)
             stop_after = opts.pop("stop_after", None)
-            stats = TurnStats()
-            should_stop = (lambda st=stats, n=stop_after: len(st.generated) >= n) if stop_after else None
-            for _ in engine.stream(prompt, stats=stats, should_stop=should_stop, **opts):
-                pass
+            stats = GenerationStats()
+            if stop_after:
+                _stop_after(engine, prompt, stats, stop_after, **opts)
+            else:
+                for _ in engine.stream(prompt, stats=stats, **opts):
+                    pass
             outputs.append({"tokens": list(stats.generated), "reused": stats.reused_tokens,
                             "prefilled": stats.prefilled_tokens})
         (out / "engine-outputs.json").write_text(json.dumps(outputs))
         engine.close()
     slot = engine.slots[0]
     (out / f"engine-rank{rank}.json").write_text(json.dumps({"tokens": slot.tokens, "offset": slot.cache.offset}))
+
+
+def _stop_after(engine: Engine, prompt: list[int], stats: GenerationStats, n: int, **opts) -> None:
+    """A generation its caller cancels right after its n-th token (decided on the decode thread, so the
+    point is exact, as a client that hangs up between two tokens)."""
+    import threading
+
+    done, submitted = threading.Event(), threading.Event()
+    handle = []
+
+    def push(item) -> None:
+        if len(stats.generated) >= n:
+            submitted.wait()
+            handle[0].cancel()
+        if type(item).__name__ == "Finished":
+            done.set()
+
+    handle.append(engine.submit(prompt, push=push, stats=stats, **opts))
+    submitted.set()
+    assert done.wait(600)
 
 
 def run_fail(model_dir: str, out: Path, group: DistributedGroup, guard: Guard, how: str) -> None:
@@ -155,8 +177,8 @@ def run_fail(model_dir: str, out: Path, group: DistributedGroup, guard: Guard, h
 
     print(f"rank {group.rank} ready", flush=True)
     if not group.leader:
-        dispatch = engine._loop._dispatch
-        engine._loop._dispatch = lambda r, tok: (token_seen(), dispatch(r, tok))
+        take = engine.core._take
+        engine.core._take = lambda seq, tok: (token_seen(), take(seq, tok))[1]
         engine.follow()
         return
     for _ in range(int(os.environ.get("DIST_REQUESTS", "3"))):
@@ -172,7 +194,7 @@ def run_tool(out: Path, group: DistributedGroup, guard: Guard) -> None:
     from doubles import ScriptedModel
 
     from gptoss_metal.assistant import ChatSession, ToolResult
-    from gptoss_metal.assistant.lockstep import Lockstep
+    from gptoss_metal.metal_runtime.lockstep import Lockstep
     from gptoss_metal.harmony_io import encoding
 
     replies = ["<|channel|>analysis to=python code<|message|>x = 6 * 7\nx<|call|>",

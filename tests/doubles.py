@@ -7,7 +7,7 @@ trims and snapshot restores.
 
 from __future__ import annotations
 
-import time
+import threading
 from collections import deque
 from types import SimpleNamespace
 from typing import Iterable
@@ -21,7 +21,7 @@ FILLER = 200007  # what the double says when no script is active (never read by 
 
 
 class ScriptedModel:
-    def __init__(self, replies: Iterable[list[int]] = (), window: int = 4, delay_s: float = 0.0):
+    def __init__(self, replies: Iterable[list[int]] = (), window: int = 4, hold_at: int | None = None):
         self.args = SimpleNamespace(vocab_size=VOCAB, max_position_embeddings=131072, sliding_window=window,
                                     num_hidden_layers=2)
         self.replies: deque[list[int]] = deque(replies)
@@ -32,7 +32,10 @@ class ScriptedModel:
         self.generations = 0
         self.decoded = 0  # one-token forward passes run (how far generation really went)
         self.window = window
-        self.delay_s = delay_s  # per decoded token: lets a test see a stream arrive (and stop it)
+        # the decode thread stops inside its `hold_at`-th one-token pass (counted over the model's life)
+        # until the test sets `release`: a generation is then certainly in progress, at a known point
+        self.hold_at = hold_at
+        self.reached, self.release = threading.Event(), threading.Event()
 
     def add_reply(self, tokens: list[int]) -> None:
         self.replies.append(list(tokens))
@@ -63,8 +66,9 @@ class ScriptedModel:
             rows.append(row)
         if T == 1:
             self.decoded += 1
-            if self.delay_s:
-                time.sleep(self.delay_s)
+            if self.decoded == self.hold_at:
+                self.reached.set()
+                assert self.release.wait(120), "the test never released the model"
             self.expect = start + 1
         elif verifying:  # a speculative verification: the caller keeps a prefix of it
             self.expect, self.verify_range = None, (start + 1, start + T)

@@ -1,15 +1,17 @@
 """The server of the soak test, in a process of its own: the real app on the tiny checkpoint, plus
 one route the test reads (live asyncio tasks, threads, resident memory, queue state).
 
-    python soak_server.py MODEL_DIR PORT
+    python soak_server.py MODEL_DIR      (prints "port N" once it listens on 127.0.0.1:N, an OS-chosen port)
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 import sys
 import threading
+import time
 
 import uvicorn
 
@@ -33,7 +35,7 @@ def rss_bytes() -> int:
 
 
 def main() -> None:
-    model_dir, port = sys.argv[1], int(sys.argv[2])
+    model_dir = sys.argv[1]
     service = OpenAIService(Engine(load(model_dir), model_id="tiny"), default_max_tokens=16,
                             current_date="2026-11-23")
     app = create_app(service, api_key=API_KEY)
@@ -41,9 +43,19 @@ def main() -> None:
     @app.get("/_soak/counters")
     async def counters() -> dict:
         return {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(), "rss": rss_bytes(),
-                "pending": service.scheduler.pending, "running": service.scheduler.running is not None}
+                "pending": service.engine.waiting, "running": service.engine.active > 0}
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    threading.Thread(target=_announce, args=(server, sock.getsockname()[1]), daemon=True).start()
+    server.run(sockets=[sock])
+
+
+def _announce(server: uvicorn.Server, port: int) -> None:
+    while not server.started:
+        time.sleep(0.02)
+    print(f"port {port}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import pytest
 
@@ -24,7 +23,7 @@ def test_terminal_chat_session(tiny_runtime, tmp_path):
         child.expect("gptoss chat")
         child.expect(">>> ")
         child.sendline("Tell me everything")
-        time.sleep(2.0)  # it is generating (100000 tokens would take many minutes)
+        child.expect("working")  # the turn has begun (100000 tokens would take many minutes)
         child.sendintr()
         child.expect(r"\[interrupted\]")
         child.expect(r"prefill \d+ tok .* reused 0 tok from cache")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from doubles import ScriptedModel
 from gptoss_metal.assistant import (
     ConversationStore,
+    StopSignal,
     Engine,
     NoSuchConversation,
     StoreError,
@@ -58,8 +60,8 @@ def store(tmp_path) -> ConversationStore:
     return ConversationStore(tmp_path / "conversations.sqlite3")
 
 
-def workspace(store, replies, cache_slots=1, delay_s=0.0, **kw):
-    model = ScriptedModel([E(r) for r in replies], delay_s=delay_s)
+def workspace(store, replies, cache_slots=1, hold_at=None, **kw):
+    model = ScriptedModel([E(r) for r in replies], hold_at=hold_at)
     engine = Engine(model, model_id="scripted", cache_slots=cache_slots)
     return Workspace(engine, store, temperature=0.0, python_factory=FakePython, **kw), model
 
@@ -214,24 +216,16 @@ def test_regenerate_and_edit_replace_the_last_turn(store):
 
 def test_stop_mid_answer_keeps_the_partial_answer_marked(store):
     long_answer = FINAL.format("word " * 300)
-    # a token takes time, as with a real model: the reader sees tokens while they are generated
-    ws, model = workspace(store, [ANALYSIS.format("Thinking.") + long_answer], delay_s=0.005)
+    ws, model = workspace(store, [ANALYSIS.format("Thinking.") + long_answer], hold_at=20)
     c = store.create(current_date="2026-11-23")
-    seen = 0
-
-    def should_stop() -> bool:
-        return seen >= 5
-
-    items = []
-    for it in ws.run_turn(c.id, "talk", should_stop=should_stop):
-        items.append(it)
-        if isinstance(it, TextDelta):
-            seen += 1
+    stop = StopSignal()
+    threading.Thread(target=lambda: model.reached.wait(120) and (stop.set(), model.release.set())).start()
+    items = list(ws.run_turn(c.id, "talk", stop=stop))  # stopped while the model is at its 20th token
     assert items[-1].interrupted and items[-1].figures["finish_reason"] == "interrupted"
     last = store.get(c.id).messages[-1]
     assert last["interrupted"] and 0 < len(last["content"]) < len("word " * 300)
     assert any(isinstance(i, ReasoningDelta) for i in items)
-    assert model.decoded < 100  # the engine stopped generating, not just the reader
+    assert model.decoded == 20  # no pass after the one in flight: the engine stopped, not just the reader
 
 
 def test_context_full_is_a_clear_error_and_leaves_no_trace():

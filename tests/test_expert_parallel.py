@@ -171,10 +171,12 @@ def test_launch_detection(tmp_path):
 def test_the_broadcast_sampler_alone_samples_like_the_plain_one_and_can_be_forced():
     logits = mx.random.normal((1, 50), key=mx.random.key(1))
     plain, shared = SamplerState(0.7, 1.0, 9), BroadcastSampler(alone(), 0.7, 1.0, 9)
-    assert [plain(logits).item() for _ in range(5)] == [shared(logits).item() for _ in range(5)]
-    assert shared.targets(logits).item() == int(mx.argmax(logits))
+    assert [plain(logits, i).item() for i in range(5)] == [shared(logits, i).item() for i in range(5)]
+    rows = mx.concatenate([logits, -logits])
+    assert shared.targets(rows, 3).tolist() == plain.targets(rows, 3).tolist()
+    assert SamplerState(0.0).targets(logits, 0).item() == int(mx.argmax(logits))
     shared.force(200002)
-    assert shared(logits).item() == 200002 and shared.targets(logits).item() == 200002
+    assert shared(logits, 5).item() == 200002 and shared.targets(rows, 6).tolist() == [200002, 200002]
 
 
 def test_mpi_launches_are_detected_too():

@@ -64,7 +64,8 @@ def test_context_limit_stops_with_length(tiny_runtime):
     m.model.args = dataclasses.replace(m.args, max_position_embeddings=len(PROMPT) + 3)
     stats = GenerationStats()
     out = list(generate(m, PROMPT, max_tokens=50, temperature=0.0, stats=stats))
-    assert len(out) == 4 and stats.finish_reason == "length"
+    # prompt + answer fit the context (sequence.context_room: the rule every caller shares)
+    assert len(out) == 3 and stats.finish_reason == "length"
     with pytest.raises(ContextOverflowError):
         list(generate(m, PROMPT * 2, max_tokens=1))
 
@@ -100,7 +101,7 @@ def test_top_p_mask_edge_cases():
 def test_top_p_sampling_never_leaves_the_nucleus_and_covers_it():
     logits = mx.array([[2.0, 1.0, 0.0, -1.0, -5.0]])
     sampler = make_sampler(temperature=1.0, top_p=0.8, seed=0)
-    seen = {int(sampler(logits)[0]) for _ in range(300)}
+    seen = {int(sampler(logits, i)[0]) for i in range(300)}
     probs = np.exp([2.0, 1.0, 0.0, -1.0, -5.0]); probs /= probs.sum()
     # nucleus at 0.8: p = [0.64, 0.24, ...] -> tokens 0 and 1
     assert seen == {0, 1}, (seen, probs)
@@ -108,7 +109,7 @@ def test_top_p_sampling_never_leaves_the_nucleus_and_covers_it():
 
 def test_temperature_zero_is_argmax_and_sampling_follows_the_distribution():
     logits = mx.array([[0.0, np.log(3.0)]])
-    assert int(make_sampler(temperature=0.0)(logits)[0]) == 1
+    assert int(make_sampler(temperature=0.0)(logits, 0)[0]) == 1
     s = make_sampler(temperature=1.0, seed=123)
-    draws = np.array([int(s(logits)[0]) for _ in range(2000)])
+    draws = np.array([int(s(logits, i)[0]) for i in range(2000)])
     assert abs(draws.mean() - 0.75) < 0.04  # P(token 1) = 3/4

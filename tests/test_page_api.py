@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from contextlib import contextmanager
 
@@ -25,15 +26,38 @@ def E(s: str) -> list[int]:
 
 
 @contextmanager
-def page_server(tmp_path, replies=(), api_key=None, delay_s=0.0, **kw):
-    model = ScriptedModel([E(r) for r in replies], delay_s=delay_s)
+def page_server(tmp_path, replies=(), api_key=None, hold_at=None, **kw):
+    model = ScriptedModel([E(r) for r in replies], hold_at=hold_at)
     srv = assemble(Engine(model, model_id="scripted", cache_slots=2), data_dir=tmp_path, api_key=api_key,
                    current_date="2026-11-23", **kw)
     try:
-        with live_server(srv.service, app=srv.app) as url:
+        with live_server(app=srv.app) as url:
             yield url, srv, model
     finally:
-        srv.workspace.close()
+        model.release.set()
+        srv.close()
+
+
+WAIT_S = 60  # deadlines for a broken server, never timings
+
+
+def until(condition, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
+def in_background(fn) -> tuple[threading.Thread, list]:
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    return t, out
+
+
+def turn_events(url: str, cid: str, text: str) -> list[dict]:
+    with httpx.stream("POST", f"{url}/ui/api/conversations/{cid}/turn", json={"text": text}, timeout=WAIT_S) as r:
+        return events(r)
 
 
 def events(response: httpx.Response) -> list[dict]:
@@ -84,46 +108,40 @@ def test_rename_export_delete_and_errors(tmp_path):
 
 def test_stop_cancels_generation_on_the_server(tmp_path):
     reply = ANALYSIS.format("Counting.") + FINAL.format(" ".join(str(i) for i in range(2000)))
-    with page_server(tmp_path, [reply], delay_s=0.005) as (url, srv, model):
+    with page_server(tmp_path, [reply], hold_at=30) as (url, srv, model):
         cid = httpx.post(url + "/ui/api/conversations", json={}).json()["id"]
-        with httpx.stream("POST", f"{url}/ui/api/conversations/{cid}/turn", json={"text": "count"}, timeout=60) as r:
-            seen = []
-            for line in r.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                seen.append(json.loads(line[5:]))
-                if sum(e["type"] == "answer" for e in seen) == 5:
-                    # a second turn on a busy conversation is refused, not queued twice
-                    assert httpx.post(f"{url}/ui/api/conversations/{cid}/turn", json={"text": "x"}).status_code == 409
-                    assert httpx.post(f"{url}/ui/api/conversations/{cid}/stop").json()["stopping"]
-            done = seen[-1]
+        reader, got = in_background(lambda: turn_events(url, cid, "count"))
+        assert model.reached.wait(WAIT_S)  # the model is inside its 30th pass
+        # a second turn on a busy conversation is refused, not queued twice
+        assert httpx.post(f"{url}/ui/api/conversations/{cid}/turn", json={"text": "x"}).status_code == 409
+        (seq,) = srv.service.engine.core.active
+        assert httpx.post(f"{url}/ui/api/conversations/{cid}/stop").json()["stopping"]
+        assert seq.cancelled.is_set()
+        model.release.set()
+        reader.join(WAIT_S)
+        done = got[0][-1]
         assert done["type"] == "done" and done["interrupted"]
-        assert model.decoded < 1000  # the model stopped, not just the stream
-        time.sleep(0.2)
-        assert srv.service.scheduler.running is None
+        assert model.decoded == 30  # the model stopped at once, not just the stream
+        assert seq.released.is_set() and srv.service.engine.active == 0
         last = httpx.get(f"{url}/ui/api/conversations/{cid}").json()["messages"][-1]
         assert last["interrupted"] and last["figures"]["finish_reason"] == "interrupted"
 
 
 def test_leaving_a_turn_mid_stream_frees_the_model_and_the_conversation(tmp_path):
     reply = FINAL.format(" ".join(str(i) for i in range(2000)))
-    with page_server(tmp_path, [reply], delay_s=0.005) as (url, srv, model):
+    with page_server(tmp_path, [reply], hold_at=3) as (url, srv, model):
         cid = httpx.post(url + "/ui/api/conversations", json={}).json()["id"]
         with httpx.stream("POST", f"{url}/ui/api/conversations/{cid}/turn", json={"text": "count"}, timeout=60) as r:
-            answers = 0
-            for line in r.iter_lines():
-                answers += line.startswith("data:") and json.loads(line[5:])["type"] == "answer"
-                if answers == 5:
-                    break  # leaving the block closes the connection mid-stream
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            if not httpx.get(url + "/health").json()["busy"] and not httpx.get(
-                    f"{url}/ui/api/conversations/{cid}").json()["busy"]:
-                break
-            time.sleep(0.05)
-        assert srv.service.scheduler.running is None
-        assert not httpx.get(f"{url}/ui/api/conversations/{cid}").json()["busy"]  # a new turn may start
-        assert model.decoded < 1000  # the model stopped, not just the stream
+            lines = r.iter_lines()  # kept: a dropped iterator closes the connection
+            assert json.loads(next(lines)[5:])["type"] == "start"
+            assert model.reached.wait(WAIT_S)  # generating: the model is inside its 3rd pass
+            (seq,) = srv.service.engine.core.active
+        # leaving the block closed the connection mid-stream
+        until(seq.cancelled.is_set)
+        model.release.set()
+        assert seq.released.wait(WAIT_S) and model.decoded == 3
+        until(lambda: not httpx.get(f"{url}/ui/api/conversations/{cid}").json()["busy"])  # a new turn may start
+        assert not httpx.get(url + "/health").json()["busy"]
 
 
 def test_api_key_guards_the_page_api_but_not_its_files(tmp_path):
@@ -204,36 +222,30 @@ def test_gptoss_app_opens_the_page_in_the_browser(tiny_runtime, tmp_path):
     browser.write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
     browser.chmod(0o755)
     with gptoss_serve(tiny_runtime, tmp_path / "data", command="app", env={"BROWSER": str(browser)}) as url:
-        deadline = time.time() + 20
-        while not opened.exists() and time.time() < deadline:
-            time.sleep(0.1)
+        until(lambda: opened.exists() and opened.read_text().strip())  # the browser is started after serving
         assert opened.read_text().strip() == url + "/"
 
 
 def test_context_full_and_model_busy_are_reported(tmp_path):
     reply = FINAL.format(" ".join(str(i) for i in range(400)))
-    with page_server(tmp_path, [reply], delay_s=0.01, max_queue=1) as (url, srv, model):
+    with page_server(tmp_path, [reply], hold_at=10, max_queue=1) as (url, srv, model):
+        engine = srv.service.engine
         a, b, c = (httpx.post(url + "/ui/api/conversations", json={}).json()["id"] for _ in range(3))
-        with httpx.stream("POST", f"{url}/ui/api/conversations/{a}/turn", json={"text": "long"}, timeout=60) as ra:
-            lines = ra.iter_lines()
-            while '"answer"' not in next(lines):
-                pass  # a is generating (the queue is empty again)
-            with httpx.stream("POST", f"{url}/ui/api/conversations/{b}/turn", json={"text": "x"}, timeout=60) as rb:
-                first = json.loads(next(rb.iter_lines())[5:])
-                assert first == {"type": "start", "conversation": b, "queued": 1}  # the page says it waits
-                r = httpx.post(f"{url}/ui/api/conversations/{c}/turn", json={"text": "y"})
-                assert r.status_code == 429 and "busy" in r.json()["error"]["message"]
-                httpx.post(f"{url}/ui/api/conversations/{a}/stop")
-                httpx.post(f"{url}/ui/api/conversations/{b}/stop")
-        deadline = time.time() + 20  # the stopped turns leave the queue and the model
-        while time.time() < deadline:
-            h = httpx.get(url + "/health").json()
-            if not h["busy"] and not h["queued"]:
-                break
-            time.sleep(0.05)
+        ta, _ = in_background(lambda: turn_events(url, a, "long"))
+        assert model.reached.wait(WAIT_S)  # a is generating (the queue is empty)
+        tb, got_b = in_background(lambda: turn_events(url, b, "x"))
+        until(lambda: engine.waiting == 1)  # b's generation waits in the engine's queue
+        r = httpx.post(f"{url}/ui/api/conversations/{c}/turn", json={"text": "y"})
+        assert r.status_code == 429 and "busy" in r.json()["error"]["message"]
+        httpx.post(f"{url}/ui/api/conversations/{a}/stop")
+        httpx.post(f"{url}/ui/api/conversations/{b}/stop")
+        model.release.set()
+        ta.join(WAIT_S)
+        tb.join(WAIT_S)
+        assert got_b[0][0] == {"type": "start", "conversation": b, "queued": 1}  # the page said it waits
+        until(lambda: not engine.active and not engine.waiting)
         model.args.max_position_embeddings = 60
-        with httpx.stream("POST", f"{url}/ui/api/conversations/{c}/turn", json={"text": "z"}, timeout=60) as r:
-            evs = events(r)
+        evs = turn_events(url, c, "z")
         assert evs[-1]["type"] == "error" and evs[-1]["code"] == "context_length_exceeded"
         assert "context is full" in evs[-1]["message"]
         assert httpx.get(f"{url}/ui/api/conversations/{c}").json()["messages"] == []

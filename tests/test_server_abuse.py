@@ -11,14 +11,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +30,7 @@ from gptoss_metal.server.api_models import ChatCompletionRequest, ResponsesReque
 from gptoss_metal.server.app import create_app
 from gptoss_metal.server.limits import DEFAULT_MAX_BODY_BYTES, check_body
 from gptoss_metal.server.openai_api import OpenAIService
-from serving import free_port, live_server
+from serving import live_server
 
 KEY = "sekret-key"
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
@@ -222,14 +220,7 @@ def test_ordinary_long_text_is_not_mistaken_for_a_stalling_run():
 def test_the_body_limit_is_configurable_and_also_applies_to_chunked_bodies():
     service = OpenAIService(Engine(Terse(), model_id="s"), current_date="2026-11-23")
     small = create_app(service, max_body_bytes=2048)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(small, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    try:
-        while not uv.started:
-            time.sleep(0.02)
-        url = f"http://127.0.0.1:{port}"
+    with live_server(app=small) as url:
         assert httpx.post(url + CHAT, json=user("a b " * 100), timeout=30).status_code == 200
         assert_openai_error(httpx.post(url + CHAT, json=user("a b " * 1000), timeout=30), 413, "2048 bytes")
 
@@ -241,10 +232,6 @@ def test_the_body_limit_is_configurable_and_also_applies_to_chunked_bodies():
 
         r = httpx.post(url + CHAT, content=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
         assert_openai_error(r, 413, "2048 bytes")  # no Content-Length: counted while it arrives
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
-        service.scheduler.close()
 
 
 # -- wrong types everywhere ------------------------------------------------------------------
@@ -331,7 +318,7 @@ def test_exposure_warning(host, key, warns):
 def _serve_stderr(tiny_runtime, *args: str, env=None) -> str:
     """Start `gptoss serve`, read its stderr up to the 'serving' line, stop it."""
     proc = subprocess.Popen([sys.executable, "-m", "gptoss_metal.cli.main", "serve", str(tiny_runtime),
-                             "--port", str(free_port()), *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             "--port", "0", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True, env=env)
     lines = []
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving import free_port, stop_process
+from serving import Output, stop_process
 
 SECONDS = float(os.environ.get("GPTOSS_SOAK_SECONDS", "60"))
 CLIENTS = 8
@@ -155,21 +155,12 @@ class Client(threading.Thread):
 
 @pytest.mark.slow
 def test_soak(tiny_runtime, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    with open(log, "w") as log_file:
-        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("soak_server.py")), str(tiny_runtime),
-                                   str(port)], stdout=log_file, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("soak_server.py")), str(tiny_runtime)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = Output(server)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(url + "/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.2)
+        port = out.wait_for(r"^port (\d+)").group(1)
+        url = f"http://127.0.0.1:{port}"
         warmup = Client(url, seed=-1, deadline=time.monotonic() + 5)
         warmup.run()
         start = idle_counters(url)
@@ -203,5 +194,5 @@ def test_soak(tiny_runtime, tmp_path):
         assert server.poll() is None
     finally:
         stop_process(server)
-    text = log.read_text()
+    text = out.finish()
     assert "Traceback" not in text and "Exception in ASGI application" not in text, text[-3000:]
