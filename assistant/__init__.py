@@ -8,8 +8,11 @@ conversations in SQLite and `Workspace` runs the chat page's stored conversation
 from .conversations import Conversation, ConversationStore, StoreError
 from .data_dir import user_data_dir
 from .engine import Engine, TurnStats
-from .session import ChatSession, ContextFull, ToolResult, TurnReport
-from .workspace import NoSuchConversation, TurnFinished, Workspace
+from .errors import AssistantError, ContextFull, NoSuchConversation
+from .session import ChatSession, ToolResult, TurnReport
+from .tools import BuiltinTool, ToolOutput
+from .workspace import TurnFinished, Workspace
 
-__all__ = ["ChatSession", "ContextFull", "Conversation", "ConversationStore", "Engine", "NoSuchConversation",
-           "StoreError", "ToolResult", "TurnFinished", "TurnReport", "TurnStats", "Workspace", "user_data_dir"]
+__all__ = ["AssistantError", "BuiltinTool", "ChatSession", "ContextFull", "Conversation", "ConversationStore",
+           "Engine", "NoSuchConversation", "StoreError", "ToolOutput", "ToolResult", "TurnFinished", "TurnReport",
+           "TurnStats", "Workspace", "user_data_dir"]

@@ -31,8 +31,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import mlx.core as mx
 
-from gptoss_metal.harmony_io import StreamParser
-from gptoss_metal.harmony_io.parser import Done
+from gptoss_metal.harmony_io import Done, StreamParser
 from gptoss_metal.metal_runtime import GenerationStats, Model, RuntimeUserError, generate
 from gptoss_metal.metal_runtime.batch import BatchDecoder
 from gptoss_metal.metal_runtime.generate import default_prefill_chunk

@@ -13,6 +13,7 @@ import json
 from typing import Any, AsyncIterator, Optional
 
 from gptoss_metal.assistant import (
+    AssistantError,
     ContextFull,
     ConversationStore,
     NoSuchConversation,
@@ -30,8 +31,8 @@ from gptoss_metal.harmony_io import (
     ToolCallBegin,
     ToolCallDelta,
     ToolCallEnd,
+    tool_name,
 )
-from gptoss_metal.harmony_io.shapes import tool_name
 from gptoss_metal.metal_runtime import RuntimeUserError
 
 from .api_models import APIError, ConversationPatch, PageSettings, TurnRequest
@@ -186,6 +187,6 @@ class PageService:
             return {"type": "error", "code": "context_length_exceeded", "message": f"The context is full: {e}."}
         if isinstance(e, NoSuchConversation):
             return {"type": "error", "code": "not_found", "message": str(e)}
-        if isinstance(e, (HarmonyIOError, RuntimeUserError)):
+        if isinstance(e, (AssistantError, HarmonyIOError, RuntimeUserError)):
             return {"type": "error", "code": "invalid_request", "message": str(e)}
         return {"type": "error", "code": "internal_error", "message": f"The model failed: {type(e).__name__}: {e}"}

@@ -10,18 +10,21 @@ import pytest
 
 from doubles import ScriptedModel
 from gptoss_metal.assistant import (
+    BuiltinTool,
+    ContextFull,
     ConversationStore,
     Engine,
     NoSuchConversation,
     StoreError,
+    ToolOutput,
     ToolResult,
     TurnFinished,
     Workspace,
     user_data_dir,
 )
 from gptoss_metal.assistant.export import to_json, to_markdown
-from gptoss_metal.assistant.session import ChatSession, ContextFull
-from gptoss_metal.harmony_io import ReasoningDelta, TextDelta, encoding
+from gptoss_metal.assistant.session import ChatSession
+from gptoss_metal.harmony_io import PYTHON, ReasoningDelta, TextDelta, encoding
 from gptoss_metal.harmony_io.tokens import assistant_header
 
 
@@ -34,18 +37,16 @@ FINAL = "<|channel|>final<|message|>{}<|return|>"
 PY_CALL = "<|channel|>analysis to=python <|constrain|>code<|message|>{}<|call|>"
 
 
-class FakePython:
+class FakePython(BuiltinTool):
     """Stands in for the sandboxed interpreter where a test is about the loop, not the sandbox."""
 
-    name = "python"
+    spec = PYTHON
 
     def __init__(self):
         self.closed = False
         self.calls: list[str] = []
 
-    def run(self, code: str):
-        from gptoss_metal.assistant.tools.python_tool import ToolOutput
-
+    def run(self, code: str) -> ToolOutput:
         self.calls.append(code)
         return ToolOutput("42\n", "ok")
 

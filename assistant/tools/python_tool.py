@@ -36,7 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+from gptoss_metal.harmony_io import PYTHON
+
 from . import processes, sandbox_paths
+from .builtin import BuiltinTool, ToolOutput
 from .containment import describe
 
 HERE = Path(__file__).parent
@@ -67,12 +70,6 @@ def remove_stale_folders() -> list[Path]:
 
 
 @dataclass
-class ToolOutput:
-    text: str
-    status: str  # "ok" | "error" | "timeout" | "crashed"
-
-
-@dataclass
 class PythonToolLimits:
     timeout_s: float = 30.0
     memory_mb: int = 1024  # address space, per process
@@ -97,14 +94,15 @@ def _interpreter_info(executable: str) -> dict:
         return sandbox_paths.interpreter_info()
 
 
-class PythonTool:
-    """One interpreter per conversation; state (variables, imports, files) persists between calls.
+class PythonTool(BuiltinTool):
+    """The python tool's runner: one interpreter per conversation; state (variables, imports, files)
+    persists between calls. What harmony knows of it (name, declaration) is `harmony_io.PYTHON`.
 
     `read_paths`: files or folders the code may also read (never write). `namespaces` and `landlock`
     exist to test and diagnose the fallbacks; leave them on.
     """
 
-    name = "python"
+    spec = PYTHON
 
     def __init__(self, limits: Optional[PythonToolLimits] = None, *, read_paths: Iterable[Union[str, Path]] = (),
                  namespaces: bool = True, landlock: bool = True):
