@@ -32,7 +32,7 @@ from gptoss_metal.metal_runtime.distributed import (
     broadcast_bytes,
     broadcast_ints,
 )
-from gptoss_metal.metal_runtime.guard import Guard
+from gptoss_metal.metal_runtime.rank_watchdog import RankWatchdog
 
 HEARTBEAT_S = 0.5
 IDLE, REQUEST, CLOSE = 0, 1, 2
@@ -57,7 +57,7 @@ class RequestMessage:
 class Lockstep:
     """The messages between rank 0's decode thread and the followers, under the group's watchdog."""
 
-    def __init__(self, group: DistributedGroup, guard: Optional[Guard] = None):
+    def __init__(self, group: DistributedGroup, guard: Optional[RankWatchdog] = None):
         self.group = group
         self.guard = guard
 

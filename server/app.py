@@ -14,7 +14,7 @@ from .auth import bearer_token, key_matches
 from .limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from .openai_api import OpenAIService
 from .request_checks import check_chat, check_responses
-from .security import API_PREFIXES, GuardConfig, LocalServerGuard
+from .security import API_PREFIXES, HostCheck, HostCheckConfig
 
 if TYPE_CHECKING:
     from .page_api import PageService
@@ -35,7 +35,7 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
 
 
 def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: Optional["PageService"] = None,
-               guard: Optional[GuardConfig] = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               guard: Optional[HostCheckConfig] = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The API, and the chat page when `page` is given, behind the localhost guard (security.py) and the
     request limits (limits.py)."""
     app = FastAPI(title="gptoss-metal", docs_url=None, redoc_url=None, openapi_url=None)
@@ -108,5 +108,5 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None, *, page: O
 
         add_page(app, page)
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before anything reads a body
-    app.add_middleware(LocalServerGuard, config=guard or GuardConfig())  # added last: runs first
+    app.add_middleware(HostCheck, config=guard or HostCheckConfig())  # added last: runs first
     return app
