@@ -10,7 +10,7 @@ from .data_dir import user_data_dir
 from .engine import Engine, TurnStats
 from .errors import AssistantError, ContextFull, NoSuchConversation
 from .session import ChatSession, ToolResult, TurnReport
-from .tools import BuiltinTool, ToolOutput
+from .tools.builtin import BuiltinTool, ToolOutput
 from .workspace import TurnFinished, Workspace
 
 __all__ = ["AssistantError", "BuiltinTool", "ChatSession", "ContextFull", "Conversation", "ConversationStore",

@@ -1,5 +1,2 @@
-"""The tools the model can call: built-ins (one object each: harmony spec + runner) and registered functions."""
-
-from .builtin import BuiltinTool, ToolOutput
-
-__all__ = ["BuiltinTool", "ToolOutput"]
+"""The tools the model can call: built-ins (one object each: harmony spec + runner, builtin.py) and registered
+functions. Imports nothing here: the sandbox's own files run from a copy of this folder alone."""

@@ -6,15 +6,20 @@ content type of its calls. That is the declaration's one home. The runner half l
 it runs processes (harmony_io stays free of them): a `BuiltinTool` subclass names its spec and
 executes calls. A session declares exactly the built-ins it holds runners for, so adding one (the
 browser) is a subclass here with `spec = BROWSER`, handed to the session.
+
+This folder's runners work with the standard library alone (the sandbox tests run them with the
+system's python3 from a copy of this folder), so harmony_io is imported only for type checking here,
+and a runner that must run there fetches its spec when asked (python_tool.py).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING
 
-from gptoss_metal.harmony_io import BuiltinToolSpec
+if TYPE_CHECKING:
+    from gptoss_metal.harmony_io import BuiltinToolSpec
 
 
 @dataclass
@@ -26,7 +31,10 @@ class ToolOutput:
 class BuiltinTool(ABC):
     """A built-in tool the model can call: `spec` says what harmony knows of it, `run` answers a call."""
 
-    spec: ClassVar[BuiltinToolSpec]
+    @property
+    @abstractmethod
+    def spec(self) -> BuiltinToolSpec:
+        """What harmony knows of the tool (harmony_io.PYTHON, harmony_io.BROWSER): name and declaration."""
 
     @property
     def name(self) -> str:

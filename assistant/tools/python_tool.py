@@ -34,13 +34,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Union
-
-from gptoss_metal.harmony_io import PYTHON
+from typing import TYPE_CHECKING, Iterable, Optional, Union
 
 from . import processes, sandbox_paths
 from .builtin import BuiltinTool, ToolOutput
 from .containment import describe
+
+if TYPE_CHECKING:
+    from gptoss_metal.harmony_io import BuiltinToolSpec
 
 HERE = Path(__file__).parent
 CHILD = HERE / "sandbox_child.py"
@@ -102,7 +103,12 @@ class PythonTool(BuiltinTool):
     exist to test and diagnose the fallbacks; leave them on.
     """
 
-    spec = PYTHON
+    @property
+    def spec(self) -> BuiltinToolSpec:
+        # imported here: this module also runs with the system's python3 and this folder alone (builtin.py)
+        from gptoss_metal.harmony_io import PYTHON
+
+        return PYTHON
 
     def __init__(self, limits: Optional[PythonToolLimits] = None, *, read_paths: Iterable[Union[str, Path]] = (),
                  namespaces: bool = True, landlock: bool = True):
