@@ -8,10 +8,12 @@ conversations in SQLite and `Workspace` runs the chat page's stored conversation
 from .conversations import Conversation, ConversationStore, StoreError
 from .data_dir import user_data_dir
 from .engine import Engine, Finished
-from .session import ChatSession, ContextFull, ToolResult, TurnReport
+from .errors import AssistantError, ContextFull, NoSuchConversation
+from .session import ChatSession, ToolResult, TurnReport
 from .stop import StopSignal
-from .workspace import NoSuchConversation, TurnFinished, Workspace
+from .tools.builtin import BuiltinTool, ToolOutput
+from .workspace import TurnFinished, Workspace
 
-__all__ = ["ChatSession", "ContextFull", "Conversation", "ConversationStore", "Engine", "Finished",
-           "NoSuchConversation", "StopSignal", "StoreError", "ToolResult", "TurnFinished", "TurnReport", "Workspace",
-           "user_data_dir"]
+__all__ = ["AssistantError", "BuiltinTool", "ChatSession", "ContextFull", "Conversation", "ConversationStore",
+           "Engine", "Finished", "NoSuchConversation", "StopSignal", "StoreError", "ToolOutput", "ToolResult",
+           "TurnFinished", "TurnReport", "Workspace", "user_data_dir"]

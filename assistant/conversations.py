@@ -28,6 +28,8 @@ from typing import Any, Iterator, Optional
 
 from gptoss_metal.harmony_io import EXACT_HISTORY, reasoning_effort, today
 
+from .errors import AssistantError
+
 DEFAULT_TITLE = "New chat"
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -51,7 +53,7 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 
-class StoreError(Exception):
+class StoreError(AssistantError):
     """The conversation database cannot be used (a user-facing message)."""
 
 

@@ -27,8 +27,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 from gptoss_metal.harmony_io import STOP_IDS, Done, Event, StreamParser
 from gptoss_metal.metal_runtime import GenerationStats, Model, load
 from gptoss_metal.metal_runtime.distributed import DistributedGroup, barrier, load_expert_parallel
-from gptoss_metal.metal_runtime.guard import Guard
 from gptoss_metal.metal_runtime.lockstep import Lockstep
+from gptoss_metal.metal_runtime.rank_watchdog import RankWatchdog
 from gptoss_metal.metal_runtime.prompt_cache import PromptCache
 from gptoss_metal.metal_runtime.sequence import SequenceSpec, context_room
 from gptoss_metal.metal_runtime.serving import Handle, ServingCore
@@ -105,7 +105,7 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None, speculate: bool = True,
              max_sequences: int = 1, cache_slots: Optional[int] = None, kv_budget_bytes: Optional[int] = None,
-             group: Optional[DistributedGroup] = None, guard: Optional[Guard] = None,
+             group: Optional[DistributedGroup] = None, guard: Optional[RankWatchdog] = None,
              max_queue: Optional[int] = None) -> "Engine":
         """Load a model folder. With `group`, this rank's share of it (its experts, the dense weights),
         once every rank has loaded its share; the engine then decodes one sequence at a time."""

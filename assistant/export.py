@@ -10,6 +10,8 @@ import datetime as _dt
 import re
 from typing import Any
 
+from gptoss_metal.harmony_io import PYTHON
+
 from .conversations import Conversation
 from .session import saved_conversation
 
@@ -49,7 +51,7 @@ def to_markdown(conv: Conversation) -> str:
             for c in m.get("tool_calls") or []:
                 fn = c.get("function") or {}
                 calls[c.get("id", "")] = fn.get("name", "")
-                lang = "python" if fn.get("name") == "python" else "json"
+                lang = "python" if fn.get("name") == PYTHON.name else "json"  # the fence's language: code or JSON
                 out += [f"**Tool call: {fn.get('name', '?')}**", "", _fence(str(fn.get("arguments", "")), lang), ""]
             if m.get("content"):
                 out += ["## Assistant", "", str(m["content"]) + (" *(stopped)*" if m.get("interrupted") else ""), ""]

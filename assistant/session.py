@@ -18,18 +18,19 @@ from gptoss_metal.harmony_io import (
     EXACT_HISTORY,
     AssistantTurn,
     Event,
-    HarmonyIOError,
+    ToolCall,
     function_recipient,
     history_message,
     reasoning_effort,
     render,
 )
-from gptoss_metal.harmony_io.shapes import ToolCall
 from gptoss_metal.metal_runtime import GenerationStats
 from gptoss_metal.metal_runtime.serving import EngineBusy
 
 from .engine import Engine
+from .errors import AssistantError, ContextFull
 from .stop import StopSignal
+from .tools.builtin import BuiltinTool
 from .tools.functions import FunctionRegistry
 from .tools.python_tool import PythonTool
 
@@ -54,10 +55,6 @@ class ToolResult:
 @dataclass
 class StepLimitReached:
     steps: int
-
-
-class ContextFull(HarmonyIOError):
-    """The conversation no longer fits the model's context: a user error, said in one line."""
 
 
 @dataclass
@@ -111,7 +108,7 @@ class ChatSession:
         *,
         system: Optional[str] = None,
         effort: str = "medium",
-        python_tool: Union[bool, PythonTool] = False,
+        python_tool: Union[bool, BuiltinTool] = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_tokens: int = 4096,
@@ -124,7 +121,9 @@ class ChatSession:
         self.engine = engine
         self.system = system
         self.effort = effort
-        self.python = (PythonTool() if python_tool else None) if isinstance(python_tool, bool) else python_tool
+        # True: a fresh interpreter; an object: that runner (one the caller keeps alive across sessions)
+        self.python: Optional[BuiltinTool] = (PythonTool() if python_tool else None) if isinstance(python_tool, bool) \
+            else python_tool
         self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
         self.max_tool_steps = max_tool_steps
         self.keep_analysis = keep_analysis
@@ -145,20 +144,25 @@ class ChatSession:
         self.effort = reasoning_effort(effort)
 
     def reset(self) -> None:
-        """Forget the conversation; the python tool's interpreter (state, processes) starts over too."""
+        """Forget the conversation; the built-in tools' state (the interpreter, its processes) starts over too."""
         self.messages = []
         self.last_turn = None
-        if self.python is not None:
-            self.python.reset()
+        for tool in self.builtin_tools.values():
+            tool.reset()
+
+    @property
+    def builtin_tools(self) -> dict[str, BuiltinTool]:
+        """The built-ins this session runs, by name: exactly what its prompts declare."""
+        return {t.name: t for t in (self.python,) if t is not None}
 
     def tool_names(self) -> list[str]:
-        return (["python"] if self.python else []) + list(self.functions.tools)
+        return list(self.builtin_tools) + list(self.functions.tools)
 
     def render(self):
         """The next prompt (tokens, and the tools it declares as the model addresses them)."""
         msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
         return render(msgs, tools=self.functions.specs(), reasoning_effort=self.effort,
-                      current_date=self.current_date, builtin_tools=("python",) if self.python else (),
+                      current_date=self.current_date, builtin_tools=tuple(self.builtin_tools),
                       keep_analysis=self.keep_analysis)
 
     def prompt_tokens(self) -> list[int]:
@@ -259,9 +263,10 @@ class ChatSession:
         return last.get("content") or ""
 
     def _run_tool(self, call: ToolCall) -> ToolResult:
-        if call.recipient == "python" and self.python is not None:
-            out = self.python.run(call.arguments)
-            return ToolResult("python", call.id, out.text, out.status)
+        builtin = self.builtin_tools.get(call.recipient)
+        if builtin is not None:
+            out = builtin.run(call.arguments)
+            return ToolResult(builtin.name, call.id, out.text, out.status)
         if call.name in self.functions.tools and call.recipient == function_recipient(call.name):
             text = self.functions.call(call.name, call.arguments)
             return ToolResult(call.name, call.id, text, "error" if text.startswith("error:") else "ok")
@@ -280,12 +285,12 @@ class ChatSession:
         try:
             data = json.loads(p.read_text())
         except FileNotFoundError:
-            raise HarmonyIOError(f"{p}: no such file") from None
+            raise AssistantError(f"{p}: no such file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise HarmonyIOError(f"{p}: not a saved conversation ({e})") from None
+            raise AssistantError(f"{p}: not a saved conversation ({e})") from None
         if not isinstance(data, dict) or data.get("version") not in (1, SAVE_VERSION) \
                 or not isinstance(data.get("messages"), list):
-            raise HarmonyIOError(f"{p}: not a saved gptoss conversation (version {SAVE_VERSION})")
+            raise AssistantError(f"{p}: not a saved gptoss conversation (version {SAVE_VERSION})")
         messages = data["messages"]
         if data["version"] == 1:
             messages = [_from_v1(m) for m in messages]
@@ -295,8 +300,8 @@ class ChatSession:
         self.set_effort(data.get("effort", self.effort))
 
     def close(self) -> None:
-        if self.python is not None:
-            self.python.close()
+        for tool in self.builtin_tools.values():
+            tool.close()
 
 
 def _from_v1(msg: Any) -> Any:

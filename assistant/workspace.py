@@ -19,19 +19,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
-from gptoss_metal.harmony_io import HarmonyIOError
-
 from .conversations import DEFAULT_TITLE, Conversation, ConversationStore
 from .engine import Engine
+from .errors import AssistantError, NoSuchConversation
 from .session import ChatEvent, ChatSession
 from .stop import StopSignal
+from .tools.builtin import BuiltinTool
 from .tools.python_tool import PythonTool
 
 TITLE_CHARS = 60
-
-
-class NoSuchConversation(HarmonyIOError):
-    pass
 
 
 @dataclass
@@ -53,19 +49,19 @@ def title_from(text: str) -> str:
 class Workspace:
     def __init__(self, engine: Engine, store: ConversationStore, *, live_interpreters: int = 4,
                  max_tokens: int = 4096, temperature: float = 1.0, top_p: float = 1.0, max_tool_steps: int = 8,
-                 python_factory: Callable[[], PythonTool] = PythonTool):
+                 python_factory: Callable[[], BuiltinTool] = PythonTool):
         self.engine = engine
         self.store = store
         self.live_interpreters = live_interpreters
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
         self.max_tool_steps = max_tool_steps
         self.python_factory = python_factory
-        self._interpreters: OrderedDict[str, PythonTool] = OrderedDict()
+        self._interpreters: OrderedDict[str, BuiltinTool] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- python interpreters (one per conversation, the recently used ones) -----------------
 
-    def _interpreter(self, conv_id: str) -> PythonTool:
+    def _interpreter(self, conv_id: str) -> BuiltinTool:
         with self._lock:
             tool = self._interpreters.pop(conv_id, None) or self.python_factory()
             self._interpreters[conv_id] = tool
@@ -114,12 +110,12 @@ class Workspace:
         if mode in ("regenerate", "edit"):
             previous = session.undo_last_turn()
             if previous is None:
-                raise HarmonyIOError("there is no message to answer again")
+                raise AssistantError("there is no message to answer again")
             text = previous if mode == "regenerate" else text
         elif mode != "send":
-            raise HarmonyIOError(f"unknown turn mode {mode!r} (send, regenerate, edit)")
+            raise AssistantError(f"unknown turn mode {mode!r} (send, regenerate, edit)")
         if not text or not text.strip():
-            raise HarmonyIOError("the message is empty")
+            raise AssistantError("the message is empty")
         figures = {i: f for i, f in conv.figures.items() if i < len(session.messages)}
         first_user = not any(m.get("role") == "user" for m in session.messages)
         if first_user and conv.title == DEFAULT_TITLE:

@@ -31,9 +31,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - package not built yet
         pass
     try:
-        from gptoss_metal.assistant.conversations import StoreError
+        from gptoss_metal.assistant.errors import AssistantError  # the store's, a turn's, a saved file's
 
-        types.append(StoreError)
+        types.append(AssistantError)
     except ImportError:  # pragma: no cover
         pass
     try:

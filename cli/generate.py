@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from gptoss_metal.harmony_io.render import REASONING_EFFORTS
+from gptoss_metal.harmony_io import REASONING_EFFORTS
 
 from .errors import handle_user_errors
 from .group import Ranks, load_engine, run_command

@@ -1,7 +1,7 @@
 """A command run as one rank of a group (`mlx.launch --hostfile hosts.json -- gptoss CMD ...`), or alone.
 
 Not launched, nothing changes: the command body runs as it always did. Launched as one of several
-ranks, the body runs under the group's `Guard` (one exit path, watchdog, Ctrl-C): rank 0 runs the
+ranks, the body runs under the group's `RankWatchdog` (one exit path, watchdog, Ctrl-C): rank 0 runs the
 command the user asked for with its share of the model; every other rank loads its share and follows
 rank 0 until rank 0's engine closes, printing nothing unless something fails.
 """
@@ -18,7 +18,7 @@ from gptoss_metal.metal_runtime.distributed import (
     launched_rank,
     launched_size,
 )
-from gptoss_metal.metal_runtime.guard import Guard
+from gptoss_metal.metal_runtime.rank_watchdog import RankWatchdog
 
 from .errors import set_error_prefix, user_error_types
 
@@ -30,7 +30,7 @@ class Ranks:
     """This process's part in a group: the group, its guard, and (on rank 0) the engine to close last."""
 
     group: DistributedGroup
-    guard: Guard
+    guard: RankWatchdog
     engine: Optional[object] = None
 
     @property
@@ -44,7 +44,7 @@ def run_command(body: Callable[[Optional[Ranks]], None]) -> None:
         body(None)
         return
     rank = launched_rank()
-    guard = Guard(rank, launched_size()).install()
+    guard = RankWatchdog(rank, launched_size()).install()
     set_error_prefix(f"[rank {rank}/{guard.size}] ")
 
     def main() -> int:

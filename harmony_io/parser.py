@@ -1,13 +1,11 @@
-"""A streaming harmony parser that never raises on model output.
+"""A streaming harmony parser that never raises on model output: the state machine.
 
 Feed it only generated tokens (the prompt ended with `<|start|>assistant`). It tracks message
 boundaries itself from token ids (`<|start|>`, `<|message|>`, stop tokens), so each content token
 costs a dict lookup and an incremental UTF-8 decode; it never calls openai-harmony's per-token
-accessors, which are O(message length). Each header is interpreted by openai_harmony's
-StreamableParser (a fresh one per message, fed only that header), then checked: the library
-silently turns `<|channel|>a<|channel|>b`, `final <|constrain|>json`, stray header words and glued
-`functions.fjson` into recipients. Those are repaired from our own reading of the header tokens,
-and recipients are validated against the declared tools.
+accessors, which are O(message length). Each header is read by headers.py (openai-harmony's
+reading, repaired from our own, the recipient validated against the declared tools); what it emits
+are events.py's events.
 
 Every event carries the input token ids it accounts for: every text token of the input appears in
 exactly one event, in order (control tokens in none). Text is never dropped: a header that turns out
@@ -21,225 +19,42 @@ renders well-formed. A tool call stays a tool call.
 from __future__ import annotations
 
 import codecs
-import re
-from dataclasses import dataclass
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional
 
-from openai_harmony import Role, StreamableParser
-
-from .tokens import CALL, CHANNEL, CONSTRAIN, END, ENDOFTEXT, MESSAGE, RETURN, START, VOCAB_SIZE, assistant_header
+from .events import (
+    Done,
+    Event,
+    MessageBegin,
+    MessageEnd,
+    PreambleDelta,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallBegin,
+    ToolCallDelta,
+    ToolCallEnd,
+)
+from .grammar import ANALYSIS, CHANNELS, COMMENTARY
+from .headers import (
+    Header,
+    RecipientPolicy,
+    header_length,
+    interpret_header,
+    library_header_reading,
+    own_header_reading,
+)
+from .tokens import (
+    CALL,
+    CHANNEL,
+    END,
+    ENDOFTEXT,
+    FIRST_SPECIAL,
+    MESSAGE,
+    RETURN,
+    START,
+    VOCAB_SIZE,
+    assistant_header,
+)
 from .vocab import encoding
-
-KNOWN_CHANNELS = ("analysis", "commentary", "final")
-_RECIPIENT = re.compile(r"^[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*$")
-_TO = re.compile(r"\bto=(\S+)")
-
-
-# -- events ------------------------------------------------------------------------------------
-
-
-@dataclass
-class MessageBegin:
-    channel: Optional[str]
-    recipient: Optional[str]
-    content_type: Optional[str]
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass
-class ReasoningDelta:
-    text: str
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass
-class TextDelta:
-    """Final-answer text (the `final` channel, or a message without a channel)."""
-
-    text: str
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass
-class PreambleDelta:
-    """User-visible commentary without a recipient (a preamble before tool calls)."""
-
-    text: str
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass
-class ToolCallBegin:
-    recipient: str  # e.g. "functions.get_weather" or "python"
-    channel: Optional[str]
-    content_type: Optional[str]
-    known: bool  # False: not among the declared tools (the caller should answer with an error)
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass
-class ToolCallDelta:
-    text: str
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass
-class ToolCallEnd:
-    recipient: str
-    arguments: str
-    channel: Optional[str]
-    known: bool
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass
-class MessageEnd:
-    channel: Optional[str]
-    recipient: Optional[str]
-    stop: str  # "end" | "return" | "call" | "truncated"
-    text: str = ""
-    message_tokens: tuple[int, ...] = ()  # the whole message from <|start|> through its stop token
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass
-class Done:
-    reason: str  # "stop" | "tool_call" | "length"
-    tokens: tuple[int, ...] = ()
-
-
-Event = Union[MessageBegin, ReasoningDelta, TextDelta, PreambleDelta, ToolCallBegin, ToolCallDelta,
-              ToolCallEnd, MessageEnd, Done]
-TEXT_EVENTS = (ReasoningDelta, TextDelta, PreambleDelta, ToolCallDelta)
-
-
-# -- header interpretation -----------------------------------------------------------------------
-
-
-@dataclass
-class Header:
-    channel: Optional[str]
-    recipient: Optional[str]
-    content_type: Optional[str]
-    valid: bool  # looked like a harmony header at all
-
-
-def _split_header(tokens: list[int], decode) -> tuple[str, list[str], list[str]]:
-    """(role part text, channel segment texts, constrain segment texts)."""
-    role: list[int] = []
-    channels: list[list[int]] = []
-    constrains: list[list[int]] = []
-    cur = role
-    for t in tokens:
-        if t == CHANNEL:
-            channels.append([])
-            cur = channels[-1]
-        elif t == CONSTRAIN:
-            constrains.append([])
-            cur = constrains[-1]
-        else:
-            cur.append(t)
-    return decode(role), [decode(c) for c in channels], [decode(c) for c in constrains]
-
-
-def own_header_reading(tokens: list[int], decode) -> Header:
-    """Our reading of a header's tokens (everything between <|start|> and <|message|>).
-
-    It looks like a header if it has a <|channel|>, or if its role part is empty or only
-    `assistant` / `to=...` words; anything else (free text) is content that lacked a header.
-    """
-    role_text, channel_texts, constrain_texts = _split_header(tokens, decode)
-    words = role_text.replace("to=", " to=").split()
-    looks = bool(channel_texts) or all(w == "assistant" or w.startswith("to=") for w in words)
-    recipient = None
-    for text in [role_text] + channel_texts:
-        m = _TO.search(text)
-        if m:
-            recipient = m.group(1)
-            break
-    channel = None
-    content_type = None
-    for text in channel_texts:
-        w = text.replace("to=", " to=").split()
-        if w and not w[0].startswith("to="):
-            channel = w[0]  # the last <|channel|> wins: the model's final choice
-        rest = [x for x in w[1:] if not x.startswith("to=")]
-        if rest and rest[-1] in ("json", "code"):
-            content_type = rest[-1]
-    for text in constrain_texts:
-        if text.strip():
-            content_type = "<|constrain|>" + text.strip()
-    return Header(channel, recipient, content_type, looks)
-
-
-_CONTENT_TYPE_WORDS = ("json", "code")
-_RECIPIENT_CHARS = re.compile(r"^[\w.\-]*$")
-
-
-def _header_words_ok(segment: str, text: str, complete: bool) -> bool:
-    """Whether `text` (one header segment) consists of header words only.
-
-    Segments: `role` (before the first <|channel|>: `assistant`, `to=R`, a content type), `channel`
-    (a known channel name, then `to=R` or a content type), `constrain` (one content type word).
-    With `complete=False` the last word may still be growing (`comment` on its way to `commentary`).
-    """
-    words = text.split()
-    for i, w in enumerate(words):
-        last_open = not complete and i == len(words) - 1 and not text[-1:].isspace()
-        if w.startswith("to="):
-            ok = _RECIPIENT_CHARS.match(w[3:]) is not None
-        elif segment == "channel" and i == 0:
-            ok = w in KNOWN_CHANNELS or (last_open and any(c.startswith(w) for c in KNOWN_CHANNELS))
-        elif segment == "constrain":
-            ok = i == 0 and _RECIPIENT_CHARS.match(w) is not None
-        else:
-            options = _CONTENT_TYPE_WORDS + (("assistant",) if segment == "role" else ())
-            ok = w in options or (last_open and any(o.startswith(w) for o in options + ("to=",)))
-        if not ok:
-            return False
-    return True
-
-
-ROLE_NAMES = ("assistant", "user", "system", "developer")  # authors, never tools
-
-
-class RecipientPolicy:
-    """Validates recipients against the declared tools (None: accept any well-formed name).
-
-    A declared built-in namespace covers its calls: `browser` declares `browser.search`.
-    """
-
-    def __init__(self, tools: Optional[Iterable[str]]):
-        self.declared = None if tools is None else set(tools)
-
-    def declares(self, recipient: str) -> bool:
-        return self.declared is not None and self.resolve(recipient)[1]
-
-    def resolve(self, recipient: Optional[str]) -> tuple[Optional[str], bool]:
-        """(normalized recipient or None if it is not a recipient at all, known?)."""
-        if not recipient:
-            return None, False
-        r = recipient.strip()
-        if "<|" in r or not r or r in ROLE_NAMES:
-            return None, False
-        for suffix in ("json", "code"):  # glued content type: functions.get_weatherjson
-            if r.endswith(suffix) and self.declared is not None and r not in self.declared:
-                stripped = r[: -len(suffix)]
-                if stripped in self.declared:
-                    r = stripped
-        if self.declared is not None and r not in self.declared and f"functions.{r}" in self.declared:
-            r = f"functions.{r}"  # bare function name
-        if not _RECIPIENT.match(r):
-            return None, False
-        if self.declared is None:
-            return r, True
-        if r in self.declared or (r.split(".", 1)[0] in self.declared and "." not in r.split(".", 1)[0]):
-            return r, True
-        # unknown: a call to something undeclared if it has a namespace form; else a stray word
-        return (r, False) if "." in r or r in ("python", "browser") else (None, False)
-
-
-# -- the parser ----------------------------------------------------------------------------------
 
 
 class StreamParser:
@@ -289,38 +104,9 @@ class StreamParser:
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.pending_tokens: list[int] = []
 
-    def _library_header(self) -> Optional[Header]:
-        """openai-harmony's reading of the header (None if it rejects it)."""
-        if not self.use_library:
-            return None
-        try:
-            if self.first:
-                p = StreamableParser(self.enc, Role.ASSISTANT, strict=False)
-            else:
-                p = StreamableParser(self.enc, None, strict=False)
-                p.process(START)
-            for t in self.header_tokens:
-                p.process(t)
-            p.process(MESSAGE)
-            return Header(p.current_channel, p.current_recipient, p.current_content_type, True)
-        except Exception:  # noqa: BLE001 - the library raises on malformed headers
-            return None
-
     def _interpret_header(self, own: Header) -> None:
-        lib = self._library_header()
-        if lib is None:
-            channel, recipient, ctype = own.channel, own.recipient, own.content_type
-        else:
-            channel, recipient, ctype = lib.channel, lib.recipient, lib.content_type
-            if recipient and recipient.startswith("<|channel|>"):  # a<|channel|>b misread as recipient
-                channel, recipient = own.channel, own.recipient
-            elif recipient and recipient.startswith("<|constrain|>"):  # `final <|constrain|>json`
-                ctype, recipient = recipient, own.recipient
-            if own.channel and channel != own.channel:
-                channel = own.channel
-            if recipient and own.recipient is None and not self.policy.declares(recipient):
-                recipient = None  # no `to=`: the library made a stray header word (`final Hello`) a recipient
-        recipient, known = self.policy.resolve(recipient)
+        lib = library_header_reading(self.enc, self.header_tokens, self.first) if self.use_library else None
+        channel, recipient, ctype, known = interpret_header(own, lib, self.policy)
         self.channel, self.recipient, self.content_type, self.known = channel, recipient, ctype, known
         self.kind = _kind(channel, recipient)
 
@@ -342,30 +128,6 @@ class StreamParser:
             return []
         toks, self.pending_tokens = tuple(self.pending_tokens), []
         return [self._delta(text, toks)]
-
-    def _header_length(self) -> int:
-        """How many leading header tokens are header words; the rest is text that lacked <|message|>.
-
-        Works on bytes across token boundaries: a channel name the tokenizer splits
-        (`comment` + `ary`) is one header word, and the whitespace after the header is header too.
-        """
-        segment, text, best = "role", b"", 0
-        for k, t in enumerate(self.header_tokens):
-            if t in (CHANNEL, CONSTRAIN):
-                if not _header_words_ok(segment, text.decode("utf-8", "replace"), complete=True):
-                    return best
-                segment, text = ("channel" if t == CHANNEL else "constrain"), b""
-                best = k + 1
-                continue
-            if self._is_control(t):
-                continue
-            text += self._token_bytes(t)
-            decoded = text.decode("utf-8", "replace")
-            if _header_words_ok(segment, decoded, complete=True):
-                best = k + 1
-            elif not _header_words_ok(segment, decoded, complete=False):
-                return best
-        return best
 
     def _header_as_content(self, n: int) -> list[Event]:
         """Emit a header's text as content (for text that never got a real header).
@@ -403,9 +165,9 @@ class StreamParser:
                 return events  # a bare stop token: no message to close
             # header never reached <|message|> (the library drops such messages): salvage it
             own = own_header_reading(self.header_tokens, self._decode)
-            n = self._header_length() if own.valid else 0
+            n = header_length(self.header_tokens, self._token_bytes, self._is_control) if own.valid else 0
             head = own_header_reading(self.header_tokens[:n], self._decode)  # the header words only
-            channel = head.channel if head.channel in KNOWN_CHANNELS else None
+            channel = head.channel if head.channel in CHANNELS else None
             recipient, known = self.policy.resolve(head.recipient)
             ctype = head.content_type if recipient is not None else None
             self.channel, self.recipient, self.content_type, self.known = channel, recipient, ctype, known
@@ -489,7 +251,6 @@ class StreamParser:
             return [Done(reason)]
 
 
-FIRST_SPECIAL = 199998  # o200k_harmony: every id from here on is a control/reserved token
 REPLACEMENT = "\ufffd".encode()
 _STOPS = {END: "end", RETURN: "return", CALL: "call", ENDOFTEXT: "truncated"}
 _DELTAS = {"reasoning": ReasoningDelta, "text": TextDelta, "preamble": PreambleDelta, "tool": ToolCallDelta}
@@ -498,8 +259,8 @@ _DELTAS = {"reasoning": ReasoningDelta, "text": TextDelta, "preamble": PreambleD
 def _kind(channel: Optional[str], recipient: Optional[str]) -> str:
     if recipient is not None:
         return "tool"
-    if channel == "analysis":
+    if channel == ANALYSIS:
         return "reasoning"
-    if channel == "commentary":
+    if channel == COMMENTARY:
         return "preamble"
     return "text"  # final, unknown channel or no channel: show it as the answer

@@ -35,6 +35,19 @@ from openai_harmony import (
 )
 
 from .errors import HarmonyIOError
+from .grammar import (
+    ANALYSIS,
+    ASSISTANT,
+    BUILTIN_TOOLS,
+    CHANNELS,
+    COMMENTARY,
+    FINAL,
+    JSON_CONTENT_TYPE,
+    BuiltinToolSpec,
+    call_channel,
+    call_content_type,
+    function_recipient,
+)
 from .history import EXACT_HISTORY
 from .schema import flatten_schema
 from .tokens import END, RETURN, assistant_header
@@ -43,10 +56,7 @@ from .vocab import encoding
 EFFORTS = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
 REASONING_EFFORTS = tuple(EFFORTS)  # what the system message can say
 EFFORT_ALIASES = {"minimal": "low"}  # OpenAI's API value gpt-oss has no level for
-BUILTIN_TOOLS = ("python", "browser")
-CHANNELS = ("analysis", "commentary", "final")
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-JSON_CONTENT_TYPE = "<|constrain|>json"
 
 
 @dataclass(frozen=True)
@@ -91,22 +101,9 @@ def reasoning_effort(value: Optional[str], default: str = "medium") -> str:
     return value
 
 
-def is_builtin(name: str, builtin: Iterable[str] = ()) -> bool:
-    """Whether `name` addresses a built-in tool: `python`, or any call in a built-in's namespace
-    (`browser.search`, `browser.open` when `browser` is declared)."""
-    declared = set(builtin)
-    return name in declared or name.split(".", 1)[0] in declared
-
-
-def function_recipient(name: str, builtin: Iterable[str] = ()) -> str:
-    """How the model addresses a tool: built-ins by their own name (`python`, `browser.search`),
-    function tools in the `functions.` namespace."""
-    return name if is_builtin(name, builtin) else f"functions.{name}"
-
-
 def forced_function_call(name: str) -> list[int]:
     """The header of a call to function `name`, for prefilling when the caller demands that call."""
-    header = f"<|channel|>commentary to={function_recipient(name)} {JSON_CONTENT_TYPE}<|message|>"
+    header = f"<|channel|>{COMMENTARY} to={function_recipient(name)} {JSON_CONTENT_TYPE}<|message|>"
     return encoding().encode(header, allowed_special="all")
 
 
@@ -186,14 +183,16 @@ def system_message(
         sc = sc.with_model_identity(model_identity)
     if current_date is not None:
         sc = sc.with_conversation_start_date(current_date)
-    for tool in builtin_tools:
-        if tool == "python":
-            sc = sc.with_python_tool()
-        elif tool == "browser":
-            sc = sc.with_browser_tool()
-        else:
-            raise HarmonyIOError(f"unknown built-in tool {tool!r} (python, browser)")
+    for name in builtin_tools:
+        sc = sc.with_tools(_builtin(name).declaration())
     return Message.from_role_and_content(Role.SYSTEM, sc)
+
+
+def _builtin(name: str) -> BuiltinToolSpec:
+    """The built-in tool called `name` (a user error if there is none)."""
+    if name not in BUILTIN_TOOLS:
+        raise HarmonyIOError(f"unknown built-in tool {name!r} ({', '.join(BUILTIN_TOOLS)})")
+    return BUILTIN_TOOLS[name]
 
 
 def _assistant_items(msg: dict, where: str, builtin: set[str]) -> list[Item]:
@@ -210,12 +209,12 @@ def _assistant_items(msg: dict, where: str, builtin: set[str]) -> list[Item]:
     items = []
     reasoning = msg.get("reasoning", msg.get("reasoning_content"))
     if reasoning:
-        items.append(Message.from_role_and_content(Role.ASSISTANT, _text(reasoning, where)).with_channel("analysis"))
+        items.append(Message.from_role_and_content(Role.ASSISTANT, _text(reasoning, where)).with_channel(ANALYSIS))
     calls = msg.get("tool_calls") or []
     content = _text(msg.get("content"), where)
     if calls:
         if content:
-            items.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel("commentary"))
+            items.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel(COMMENTARY))
         for k, call in enumerate(calls):
             fn = call.get("function") if isinstance(call, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
@@ -226,23 +225,22 @@ def _assistant_items(msg: dict, where: str, builtin: set[str]) -> list[Item]:
             recipient = function_recipient(fn["name"], builtin)
             m = Message.from_role_and_content(Role.ASSISTANT, args).with_recipient(recipient)
             m = m.with_channel(_call_channel(call, recipient))
-            if recipient.startswith("functions."):
-                m = m.with_content_type(JSON_CONTENT_TYPE)
-            elif recipient == "python":
-                m = m.with_content_type("code")  # the python tool's calls are code; browser.* calls are JSON
+            content_type = call_content_type(recipient)
+            if content_type is not None:
+                m = m.with_content_type(content_type)
             items.append(m)
     elif content or not reasoning:
-        items.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel("final"))
+        items.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel(FINAL))
     return items
 
 
 def _call_channel(call: dict, recipient: str) -> str:
     """The channel a call was (or is re-rendered) on: the one the parser recorded, else the
-    canonical one: function calls on `commentary`, built-in tool calls on `analysis` (format.md)."""
+    canonical one (grammar.call_channel)."""
     channel = call.get("channel") if isinstance(call, dict) else None
     if channel in CHANNELS:
         return channel
-    return "commentary" if recipient.startswith("functions.") else "analysis"
+    return call_channel(recipient)
 
 
 def _calls_by_id(messages: Sequence[dict], builtin: set[str]) -> dict[str, tuple[str, str]]:
@@ -310,17 +308,17 @@ def build_items(
             if msg.get("channel") in CHANNELS:
                 channel = msg["channel"]
             elif channel is None:
-                channel = "commentary" if author.startswith("functions.") else "analysis"
+                channel = call_channel(author)
             m = (Message.from_author_and_content(Author.new(Role.TOOL, author), _text(msg.get("content"), where))
-                 .with_channel(channel).with_recipient("assistant"))
+                 .with_channel(channel).with_recipient(ASSISTANT))
             items.append(("tool", m))
         else:
             raise HarmonyIOError(f"{where}: unknown role {role!r} (system, developer, user, assistant, tool)")
     if not keep_analysis:
         drop: set[int] = set()
         for turn in _turns(items):
-            if any(_channel(items[i][1]) == "final" for i in turn):
-                drop |= {i for i in turn if items[i][0] == "assistant" and _channel(items[i][1]) == "analysis"
+            if any(_channel(items[i][1]) == FINAL for i in turn):
+                drop |= {i for i in turn if items[i][0] == "assistant" and _channel(items[i][1]) == ANALYSIS
                          and getattr(items[i][1], "recipient", None) is None}
         items = [it for i, it in enumerate(items) if i not in drop]
     return instructions, [it for _, it in items]
@@ -388,9 +386,8 @@ def render(
     keep_analysis: bool = False,
 ) -> RenderedPrompt:
     """Like `render_prompt`, also returning which function tools the prompt declares."""
-    for b in builtin_tools:
-        if b not in BUILTIN_TOOLS:
-            raise HarmonyIOError(f"unknown built-in tool {b!r} (python, browser)")
+    for name in builtin_tools:
+        _builtin(name)  # an unknown name fails before any work
     functions = parse_tools(tools)
     instructions, items = build_items(messages, builtin_tools=builtin_tools, keep_analysis=keep_analysis)
     header = [system_message(reasoning_effort, model_identity, knowledge_cutoff, current_date, builtin_tools)]
@@ -401,11 +398,11 @@ def render(
     return RenderedPrompt(tokens, bool(functions), [f.name for f in functions], tuple(builtin_tools))
 
 
-def render_tool_result(name: str, content: str, *, channel: str = "commentary", builtin: bool = False) -> list[int]:
+def render_tool_result(name: str, content: str, *, channel: str = COMMENTARY, builtin: bool = False) -> list[int]:
     """Tokens of one tool result message, to append after the model's raw tool call."""
     author = name if builtin else function_recipient(name)
     m = (Message.from_author_and_content(Author.new(Role.TOOL, author), content)
-         .with_channel(channel).with_recipient("assistant"))
+         .with_channel(channel).with_recipient(ASSISTANT))
     return encoding().render(m)
 
 

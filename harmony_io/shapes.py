@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .parser import (
+from .events import (
     Done,
     Event,
     MessageEnd,
@@ -22,15 +22,11 @@ from .parser import (
     ToolCallDelta,
     ToolCallEnd,
 )
+from .grammar import tool_name
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
-
-
-def tool_name(recipient: str) -> str:
-    """`functions.get_weather` -> `get_weather`; built-ins (`python`) keep their name."""
-    return recipient.split(".", 1)[1] if recipient.startswith("functions.") else recipient
 
 
 @dataclass

@@ -14,6 +14,7 @@ START = 200006
 END = 200007
 MESSAGE = 200008
 CALL = 200012
+FIRST_SPECIAL = 199998  # o200k_harmony: every id from here on is a control/reserved token
 VOCAB_SIZE = 201088  # ids from here on are not tokens of o200k_harmony
 
 NAMES = {

@@ -33,7 +33,7 @@ from .sampling import SamplerState
 from .sequence import Sequence, SequenceSpec
 
 if TYPE_CHECKING:
-    from .guard import Guard
+    from .rank_watchdog import RankWatchdog
 
 HEARTBEAT_S = 0.5
 IDLE, REQUEST, CLOSE = 0, 1, 2
@@ -81,7 +81,7 @@ class Lockstep:
 
     batches = False
 
-    def __init__(self, group: DistributedGroup, guard: Optional["Guard"] = None):
+    def __init__(self, group: DistributedGroup, guard: Optional["RankWatchdog"] = None):
         self.group = group
         self.guard = guard
         self.heartbeat_s: Optional[float] = HEARTBEAT_S if group.leader else None

@@ -28,7 +28,7 @@ from .limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from .openai_api import OpenAIService
 from .request_checks import check_chat, check_responses
 from .request_log import RequestLog
-from .security import GuardConfig, LocalServerGuard
+from .security import HostCheck, HostCheckConfig
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
@@ -36,7 +36,7 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
     return JSONResponse(APIError(status, message, type=type_, code=code, param=param).body(), status_code=status)
 
 
-def create_app(service: OpenAIService, api_key: Optional[str] = None, *, guard: Optional[GuardConfig] = None,
+def create_app(service: OpenAIService, api_key: Optional[str] = None, *, guard: Optional[HostCheckConfig] = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The API behind the localhost guard (security.py), the request log and the request limits."""
     app = FastAPI(title="gptoss-metal", docs_url=None, redoc_url=None, openapi_url=None)
@@ -101,5 +101,5 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None, *, guard: 
     if api_key is not None:
         app.add_middleware(APIKeyCheck, api_key=api_key)
     app.add_middleware(RequestLog)
-    app.add_middleware(LocalServerGuard, config=guard or GuardConfig())  # added last: runs first
+    app.add_middleware(HostCheck, config=guard or HostCheckConfig())  # added last: runs first
     return app

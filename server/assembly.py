@@ -18,7 +18,7 @@ from .limits import DEFAULT_MAX_BODY_BYTES
 from .openai_api import OpenAIService
 from .page_api import PageService
 from .page_routes import add_page
-from .security import GuardConfig
+from .security import HostCheckConfig
 
 DB_NAME = "conversations.sqlite3"
 
@@ -53,7 +53,7 @@ def assemble(engine: Engine, *, data_dir: Optional[Path] = None, api_key: Option
                             current_date=current_date)
     workspace = Workspace(engine, store, max_tokens=max_tokens, temperature=page_temperature)
     page = PageService(workspace, model_id=service.model_id)
-    guard = GuardConfig(bind=bind, allowed_hosts=allow_hosts, allowed_origins=allow_origins)
+    guard = HostCheckConfig(bind=bind, allowed_hosts=allow_hosts, allowed_origins=allow_origins)
     app = create_app(service, api_key=api_key, guard=guard, max_body_bytes=max_body_bytes)
     add_page(app, page)
     return LocalServer(app, service, page, workspace, database)

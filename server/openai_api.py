@@ -32,6 +32,7 @@ from gptoss_metal.metal_runtime.serving import EngineBusy, EngineClosed, Handle
 
 from .api_models import APIError
 from .bridge import Inbox
+from .response_store import ResponseStore
 
 DEFAULT_MAX_TOKENS = 4096
 SERVICE_TIER = "default"  # what OpenAI reports for a request processed at the standard tier
@@ -124,8 +125,6 @@ class OpenAIService:
     def __init__(self, engine: Engine, *, model_id: Optional[str] = None, aliases: tuple[str, ...] = (),
                  max_queue: Optional[int] = None, exact_history_memory: int = 512, stored_responses: int = 256,
                  default_max_tokens: int = DEFAULT_MAX_TOKENS, current_date: Optional[str] = None):
-        from .responses_api import ResponseStore
-
         self.engine = engine
         if max_queue is not None:
             engine.core.max_queue = max_queue  # admission is the engine's: the page's turns wait there too

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
 from gptoss_metal.assistant import (
+    AssistantError,
     ContextFull,
     ConversationStore,
     NoSuchConversation,
@@ -35,8 +36,8 @@ from gptoss_metal.harmony_io import (
     ToolCallBegin,
     ToolCallDelta,
     ToolCallEnd,
+    tool_name,
 )
-from gptoss_metal.harmony_io.shapes import tool_name
 from gptoss_metal.metal_runtime import RuntimeUserError
 from gptoss_metal.metal_runtime.serving import EngineBusy, EngineClosed
 
@@ -220,6 +221,6 @@ class PageService:
             return {"type": "error", "code": "context_length_exceeded", "message": f"The context is full: {e}."}
         if isinstance(e, NoSuchConversation):
             return {"type": "error", "code": "not_found", "message": str(e)}
-        if isinstance(e, (HarmonyIOError, RuntimeUserError)):
+        if isinstance(e, (AssistantError, HarmonyIOError, RuntimeUserError)):
             return {"type": "error", "code": "invalid_request", "message": str(e)}
         return {"type": "error", "code": "internal_error", "message": f"The model failed: {type(e).__name__}: {e}"}

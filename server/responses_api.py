@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Any, AsyncIterator, Optional
 
 from gptoss_metal.harmony_io import HarmonyIOError, ResponsesStreamMapper, history_message, responses_input_messages
@@ -12,20 +11,6 @@ from gptoss_metal.harmony_io.shapes import new_id
 from . import sse
 from .api_models import APIError, ResponsesRequest
 from .openai_api import SERVICE_TIER, Generation, OpenAIService, Outcome, Running
-
-
-class ResponseStore(OrderedDict):
-    """The conversations of the latest responses, by response id (what `previous_response_id` continues)."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-
-    def put(self, key: str, conversation: list[dict[str, Any]]) -> None:
-        self[key] = conversation
-        self.move_to_end(key)
-        while len(self) > self.capacity:
-            self.popitem(last=False)
 
 
 def _input_messages(service: OpenAIService, req: ResponsesRequest) -> list[dict[str, Any]]:

@@ -65,7 +65,7 @@ def _is_ip(name: str) -> bool:
 
 
 @dataclass
-class GuardConfig:
+class HostCheckConfig:
     """Who may talk to the server: `bind` is the address it listens on."""
 
     bind: str = "127.0.0.1"
@@ -107,12 +107,12 @@ def same_origin(origin: str, host: str, scheme: str) -> bool:
     return o.scheme == scheme and (o.hostname or "").lower() == name and o_port == port
 
 
-class LocalServerGuard:
+class HostCheck:
     """ASGI middleware implementing the policy in the module docstring."""
 
-    def __init__(self, app: Callable, config: Optional[GuardConfig] = None):
+    def __init__(self, app: Callable, config: Optional[HostCheckConfig] = None):
         self.app = app
-        self.config = config or GuardConfig()
+        self.config = config or HostCheckConfig()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

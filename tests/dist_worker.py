@@ -8,7 +8,7 @@
     python dist_worker.py tool   -     OUT            a chat turn with a python tool call (scripted model)
 
 Run without mlx.launch, a scenario is the one-process reference. Results land in OUT as JSON (and
-.npz for logits), one file per rank. Every rank runs under the same Guard the CLI uses.
+.npz for logits), one file per rank. Every rank runs under the same RankWatchdog the CLI uses.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from gptoss_metal.metal_runtime.distributed import (
     load_expert_parallel,
     expert_slice_of,
 )
-from gptoss_metal.metal_runtime.guard import Guard
+from gptoss_metal.metal_runtime.rank_watchdog import RankWatchdog
 
 # harmony-ish ids; the prompt repeats a span so prompt lookup finds drafts, and crosses tiny's window (8)
 BASE = [200006, 17360, 200008, 3575, 553, 261, 10297, 1499, 29, 12, 2888, 3331, 7, 1002, 1234, 4321, 99, 5,
@@ -110,7 +110,7 @@ SCRIPT = [  # (prompt, options): a conversation reusing its cache, a stop by the
 ]
 
 
-def run_engine(model_dir: str, out: Path, group: Optional[DistributedGroup], guard: Optional[Guard]) -> None:
+def run_engine(model_dir: str, out: Path, group: Optional[DistributedGroup], guard: Optional[RankWatchdog]) -> None:
     rank = group.rank if group else 0
     engine = Engine.load(model_dir, dtype="float32", group=group, guard=guard)
     if group and not group.leader:
@@ -154,7 +154,7 @@ def _stop_after(engine: Engine, prompt: list[int], stats: GenerationStats, n: in
     assert done.wait(600)
 
 
-def run_fail(model_dir: str, out: Path, group: DistributedGroup, guard: Guard, how: str) -> None:
+def run_fail(model_dir: str, out: Path, group: DistributedGroup, guard: RankWatchdog, how: str) -> None:
     """Rank 0 runs requests with pauses (like a user); RANK fails after it has seen AFTER tokens."""
     mode, who, after = how.split(":")
     who, after = int(who), int(after)
@@ -188,7 +188,7 @@ def run_fail(model_dir: str, out: Path, group: DistributedGroup, guard: Guard, h
     engine.close()
 
 
-def run_tool(out: Path, group: DistributedGroup, guard: Guard) -> None:
+def run_tool(out: Path, group: DistributedGroup, guard: RankWatchdog) -> None:
     """A ChatSession on rank 0 whose model calls the python tool twice: the tool runs on rank 0 only, and
     every rank's engine runs the three generations of the turn (a scripted model: same logits everywhere)."""
     from doubles import ScriptedModel
@@ -226,7 +226,7 @@ def main() -> None:
             run_engine(model_dir, out, None, None)
         sys.stdout.flush()
         os._exit(0)  # MLX's threads at interpreter exit occasionally abort ("terminate called ...")
-    guard = Guard(launched_rank(), launched_size())
+    guard = RankWatchdog(launched_rank(), launched_size())
     guard.install()
 
     def body() -> None:

@@ -181,9 +181,9 @@ def test_save_and_load_round_trip(tmp_path):
     assert other.messages == s.messages and other.effort == "high"
     assert other.prompt_tokens() == s.prompt_tokens()
     (tmp_path / "bad.json").write_text('{"version": 99}')
-    from gptoss_metal.harmony_io import HarmonyIOError
+    from gptoss_metal.assistant import AssistantError
 
-    with pytest.raises(HarmonyIOError, match="not a saved gptoss conversation"):
+    with pytest.raises(AssistantError, match="not a saved gptoss conversation"):
         other.load(tmp_path / "bad.json")
     assert other.messages == s.messages  # a failed load changes nothing
 

@@ -11,19 +11,22 @@ import pytest
 
 from doubles import ScriptedModel
 from gptoss_metal.assistant import (
+    BuiltinTool,
+    ContextFull,
     ConversationStore,
     StopSignal,
     Engine,
     NoSuchConversation,
     StoreError,
+    ToolOutput,
     ToolResult,
     TurnFinished,
     Workspace,
     user_data_dir,
 )
 from gptoss_metal.assistant.export import to_json, to_markdown
-from gptoss_metal.assistant.session import ChatSession, ContextFull
-from gptoss_metal.harmony_io import ReasoningDelta, TextDelta, encoding
+from gptoss_metal.assistant.session import ChatSession
+from gptoss_metal.harmony_io import PYTHON, ReasoningDelta, TextDelta, encoding
 from gptoss_metal.harmony_io.tokens import assistant_header
 
 
@@ -36,18 +39,16 @@ FINAL = "<|channel|>final<|message|>{}<|return|>"
 PY_CALL = "<|channel|>analysis to=python <|constrain|>code<|message|>{}<|call|>"
 
 
-class FakePython:
+class FakePython(BuiltinTool):
     """Stands in for the sandboxed interpreter where a test is about the loop, not the sandbox."""
 
-    name = "python"
+    spec = PYTHON
 
     def __init__(self):
         self.closed = False
         self.calls: list[str] = []
 
-    def run(self, code: str):
-        from gptoss_metal.assistant.tools.python_tool import ToolOutput
-
+    def run(self, code: str) -> ToolOutput:
         self.calls.append(code)
         return ToolOutput("42\n", "ok")
 
@@ -254,3 +255,46 @@ def test_exports(store):
     md = to_markdown(conv)
     assert md.startswith("# go\n") and "## You\n\ngo" in md and "## Assistant\n\nDone: `42`." in md
     assert "````python\nprint('```')\n````" in md and "**Output of python**" in md and "> Be brief." in md
+
+
+def test_a_builtin_tool_is_one_object_whose_spec_declares_it_and_whose_runner_answers():
+    """The session declares exactly the built-ins it holds runners for (the declaration is the spec's,
+    harmony_io.PYTHON), and a call addressed to one is answered by that very object."""
+    tool = FakePython()
+    model = ScriptedModel([E(ANALYSIS.format("Compute.") + PY_CALL.format("print(6*7)")), E(FINAL.format("42."))])
+    s = ChatSession(Engine(model, model_id="scripted"), python_tool=tool, temperature=0.0)
+    prompt = s.render()
+    assert prompt.builtin_tools == ("python",) and prompt.recipients == ["python"]
+    assert "## python" in encoding().decode(prompt.tokens)
+    assert "## python" not in encoding().decode(ChatSession(Engine(model, model_id="scripted")).render().tokens)
+    results = [i for i in s.send("6*7?") if isinstance(i, ToolResult)]
+    assert tool.calls == ["print(6*7)"]
+    assert [(r.name, r.output, r.status) for r in results] == [("python", "42\n", "ok")]
+    s.close()
+    assert tool.closed
+
+
+def test_assistant_errors_are_their_own_and_end_in_one_line_at_each_edge(capsys):
+    """ContextFull, NoSuchConversation and the store's errors are the assistant's (not harmony's) user
+    errors: the CLI prints one line and exits 1, the chat page's API sends a clean error event."""
+    from gptoss_metal.assistant import AssistantError
+    from gptoss_metal.cli.errors import handle_user_errors
+    from gptoss_metal.harmony_io import HarmonyIOError
+    from gptoss_metal.server.page_api import PageService
+
+    for error in (ContextFull, NoSuchConversation, StoreError):
+        assert issubclass(error, AssistantError) and not issubclass(error, HarmonyIOError)
+
+    @handle_user_errors
+    def chat() -> None:
+        raise ContextFull("the conversation is 9 tokens long")
+
+    with pytest.raises(SystemExit) as exited:
+        chat()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "9 tokens long" in err and "Traceback" not in err
+    codes = {type(e).__name__: PageService._error_event(e)["code"]
+             for e in (ContextFull("x"), NoSuchConversation("x"), AssistantError("the message is empty"))}
+    assert codes == {"ContextFull": "context_length_exceeded", "NoSuchConversation": "not_found",
+                     "AssistantError": "invalid_request"}

@@ -10,7 +10,7 @@ from gptoss_metal.harmony_io import (
     Done, MessageBegin, MessageEnd, PreambleDelta, ReasoningDelta, StreamParser, TextDelta, ToolCallBegin,
     ToolCallDelta, ToolCallEnd, encoding,
 )
-from gptoss_metal.harmony_io.parser import TEXT_EVENTS
+from gptoss_metal.harmony_io.events import TEXT_EVENTS
 
 TOOLS = ["functions.get_weather", "python"]
 CONTROL = [199998, 199999, 200000, 200001, 200002, 200003, 200005, 200006, 200007, 200008, 200012, 200018]

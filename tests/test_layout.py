@@ -7,6 +7,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -116,3 +117,96 @@ def test_a_built_wheel_installs_exactly_one_top_level_name(tmp_path):
                    for n in names)
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "gptoss = gptoss_metal.cli.main:main" in entry
+
+
+# Packages whose modules must import each other in one order (no circles). Not yet: metal_runtime
+# (expert_paths -> host_experts -> moe -> expert_paths, issue 23's expert-path knot) and server
+# (app -> page_routes -> app, a lazy import); add them here once untangled.
+ACYCLIC = ("harmony_io", "assistant", "cli", "converters", "server")
+
+
+def _module_graph(part: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (any import, module level or lazy).
+
+    Names are dotted paths below the package (`parser`, `tools.builtin`, `__init__` for the package
+    itself); `from . import x` counts as importing module `x` where `x` is one.
+    """
+    root = ROOT / part
+    modules = {".".join(p.relative_to(root).with_suffix("").parts): p for p in root.rglob("*.py")}
+    prefix = f"gptoss_metal.{part}"
+
+    def module_of(name: str) -> Optional[str]:
+        if name == prefix:
+            return "__init__"
+        if not name.startswith(prefix + "."):
+            return None
+        rest = name[len(prefix) + 1:]
+        if rest in modules:
+            return rest
+        if rest + ".__init__" in modules:
+            return rest + ".__init__"
+        return None
+
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for mod, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for name, line in _imports(path):
+            target = module_of(name)
+            if target is not None and target != mod:
+                graph[mod].add(target)
+        for node in ast.walk(tree):  # `from . import x, y`: submodules named in the import list
+            if isinstance(node, ast.ImportFrom) and node.level and not node.module:
+                base = _imports_base(path, node.level)
+                for alias in node.names:
+                    target = module_of(f"{base}.{alias.name}")
+                    if target is not None and target != mod:
+                        graph[mod].add(target)
+    return graph
+
+
+def _imports_base(path: Path, level: int) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    package = ["gptoss_metal", *rel.parts[:-1]]
+    return ".".join(package[: len(package) - level + 1])
+
+
+def _cycle(graph: dict[str, set[str]]) -> Optional[list[str]]:
+    """One import circle of `graph`, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> Optional[list[str]]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start)
+            if found:
+                return found
+    return None
+
+
+@pytest.mark.parametrize("part", ACYCLIC)
+def test_modules_inside_a_package_import_each_other_without_circles(part):
+    """Each package's modules form layers: a module never (even lazily) imports one that imports it back,
+    and no module imports its own package's __init__ (which imports them all)."""
+    circle = _cycle(_module_graph(part))
+    assert circle is None, f"{part}: " + " -> ".join(circle)
+
+
+def test_the_circle_finder_finds_circles():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    graph = _module_graph("harmony_io")
+    assert "events" in graph["parser"] and "grammar" in graph["render"] and "parser" in graph["__init__"]

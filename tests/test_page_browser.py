@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from scripted_checkpoint import build_scripted_checkpoint, script_tokens
-from serving import free_port, gptoss_serve
+from serving import gptoss_serve
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -178,8 +178,8 @@ def test_stop_mid_stream_stops_the_server_and_keeps_the_partial_answer(page, ser
 
 def test_conversation_survives_a_server_restart_and_regenerate_and_edit_work(page, model, tmp_path):
     data = tmp_path / "data"
-    port = free_port()
-    with gptoss_serve(model, data, port=port) as url:
+    with gptoss_serve(model, data) as url:
+        port = int(url.rsplit(":", 1)[1])  # the restarted server takes the same one: the page keeps its address
         page.goto(url)
         page.click("label.switch")  # what a person clicks: the switch drawn over the checkbox
         assert page.is_checked("#python-toggle")

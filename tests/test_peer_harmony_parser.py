@@ -23,7 +23,7 @@ from gptoss_metal.harmony_io import (
     Done, MessageBegin, MessageEnd, PreambleDelta, ReasoningDelta, StreamParser, TextDelta, ToolCallBegin,
     ToolCallDelta, ToolCallEnd, encoding, render_prompt,
 )
-from gptoss_metal.harmony_io.parser import FIRST_SPECIAL
+from gptoss_metal.harmony_io.tokens import FIRST_SPECIAL
 from peer_data import harmony_text, harmony_token_ids
 
 KIND = {ReasoningDelta: "reasoning", TextDelta: "text", PreambleDelta: "preamble", ToolCallDelta: "tool"}

@@ -7,7 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from gptoss_metal.harmony_io import HarmonyIOError, parse_tools
+from gptoss_metal.harmony_io import parse_tools
+
+from ..errors import AssistantError
 
 
 @dataclass
@@ -30,7 +32,8 @@ class FunctionRegistry:
 
     def register(self, fn: Callable[..., Any], *, name: Optional[str] = None, description: Optional[str] = None,
                  parameters: Optional[dict] = None) -> FunctionTool:
-        """Add `fn`; its schema is checked now (a bad schema is a HarmonyIOError here, not mid-chat)."""
+        """Add `fn`; its schema is checked now (a bad schema is a HarmonyIOError here, not mid-chat;
+        a second function of the same name an AssistantError)."""
         tool = FunctionTool(
             name=name or fn.__name__,
             description=description if description is not None else (inspect.getdoc(fn) or ""),
@@ -39,7 +42,7 @@ class FunctionRegistry:
         )
         parse_tools([tool.openai_spec()])  # validates name and schema
         if tool.name in self.tools:
-            raise HarmonyIOError(f"function {tool.name!r} is already registered")
+            raise AssistantError(f"function {tool.name!r} is already registered")
         self.tools[tool.name] = tool
         return tool
 

@@ -34,10 +34,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import TYPE_CHECKING, Iterable, Optional, Union
 
 from . import processes, sandbox_paths
+from .builtin import BuiltinTool, ToolOutput
 from .containment import describe
+
+if TYPE_CHECKING:
+    from gptoss_metal.harmony_io import BuiltinToolSpec
 
 HERE = Path(__file__).parent
 CHILD = HERE / "sandbox_child.py"
@@ -67,12 +71,6 @@ def remove_stale_folders() -> list[Path]:
 
 
 @dataclass
-class ToolOutput:
-    text: str
-    status: str  # "ok" | "error" | "timeout" | "crashed"
-
-
-@dataclass
 class PythonToolLimits:
     timeout_s: float = 30.0
     memory_mb: int = 1024  # address space, per process
@@ -97,14 +95,20 @@ def _interpreter_info(executable: str) -> dict:
         return sandbox_paths.interpreter_info()
 
 
-class PythonTool:
-    """One interpreter per conversation; state (variables, imports, files) persists between calls.
+class PythonTool(BuiltinTool):
+    """The python tool's runner: one interpreter per conversation; state (variables, imports, files)
+    persists between calls. What harmony knows of it (name, declaration) is `harmony_io.PYTHON`.
 
     `read_paths`: files or folders the code may also read (never write). `namespaces` and `landlock`
     exist to test and diagnose the fallbacks; leave them on.
     """
 
-    name = "python"
+    @property
+    def spec(self) -> BuiltinToolSpec:
+        # imported here: this module also runs with the system's python3 and this folder alone (builtin.py)
+        from gptoss_metal.harmony_io import PYTHON
+
+        return PYTHON
 
     def __init__(self, limits: Optional[PythonToolLimits] = None, *, read_paths: Iterable[Union[str, Path]] = (),
                  namespaces: bool = True, landlock: bool = True):

@@ -1,4 +1,4 @@
-"""The rank guard: every way a rank's work can end becomes one line and one exit code, never a hang.
+"""The rank watchdog: every way a rank's work can end becomes one line and one exit code, never a hang.
 
 Each case runs in its own process (the guard ends processes with os._exit); no launcher needed.
 """
@@ -16,8 +16,8 @@ import pytest
 
 PRELUDE = """
 import os, sys, time
-from gptoss_metal.metal_runtime.guard import Guard
-guard = Guard({rank}, 2, timeout={timeout}).install()
+from gptoss_metal.metal_runtime.rank_watchdog import RankWatchdog
+guard = RankWatchdog({rank}, 2, timeout={timeout}).install()
 """
 
 

@@ -4,7 +4,7 @@ MLX's ring backend does not fail cleanly on its own: a peer's death usually surf
 `RuntimeError: [ring] connection to a peer was lost`, but a collective already queued behind the
 failed one (pipelined decode) can wait forever, and a peer that is alive but stuck always blocks the
 others. `mlx.launch` SIGTERMs the local ranks when one exits non-zero, does nothing when one exits 0,
-and leaves the ranks orphaned when it is killed itself. So every rank runs under a `Guard`:
+and leaves the ranks orphaned when it is killed itself. So every rank runs under a `RankWatchdog`:
 
 - one exit path: `run(main)` turns every way `main` ends (return, sys.exit, exception) into at
   most one line `gptoss: [rank r/N] ...` and `os._exit` (a normal interpreter exit with the ring's
@@ -59,7 +59,11 @@ def group_timeout(env=os.environ) -> float:
         return DEFAULT_TIMEOUT_S
 
 
-class Guard:
+INTERRUPTED = "interrupted"
+
+class RankWatchdog:
+    """What one rank of a group runs under: one exit path, deadlines a watchdog thread enforces, Ctrl-C."""
+
     def __init__(self, rank: int, size: int, timeout: Optional[float] = None, stream: TextIO = sys.stderr):
         self.rank, self.size = rank, size
         base = group_timeout() if timeout is None else timeout
@@ -75,7 +79,7 @@ class Guard:
 
     # -- setup --------------------------------------------------------------------------------
 
-    def install(self) -> "Guard":
+    def install(self) -> "RankWatchdog":
         """Take over SIGINT and start the watchdog (call from the main thread)."""
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
@@ -142,8 +146,11 @@ class Guard:
 
     def say(self, msg: str) -> None:
         who = f"[rank {self.rank}/{self.size}] " if self.size > 1 else ""
+        # after Ctrl-C the cursor may sit after a prompt (`>>> ^C`): the message starts a line of its own,
+        # as a shell's does
+        lead = "\n" if msg == INTERRUPTED else ""
         try:
-            self.stream.write(f"gptoss: {who}{msg}\n")
+            self.stream.write(f"{lead}gptoss: {who}{msg}\n")
             self.stream.flush()
         except (OSError, ValueError):
             pass
@@ -191,7 +198,7 @@ class Guard:
                 data = os.read(self._sigfd, 64)
                 if signal.SIGINT in data:
                     # every local rank gets Ctrl-C: only rank 0 speaks for it
-                    self.fatal("interrupted" if self.rank == 0 else None, 128 + signal.SIGINT)
+                    self.fatal(INTERRUPTED if self.rank == 0 else None, 128 + signal.SIGINT)
             if os.getppid() != self._ppid:
                 self.fatal("the launcher (mlx.launch) is gone; stopping")
             self._sync_backstop(slack=POLL_S)
