@@ -66,8 +66,11 @@ _FUNCTION_PREFIX = FUNCTIONS + "."
 
 
 def is_function_recipient(recipient: str) -> bool:
-    """Whether the model addressed a function tool (`functions.get_weather`)."""
-    return recipient.startswith(_FUNCTION_PREFIX)
+    """Whether the model addressed a function tool: one in `functions` (`functions.get_weather`) or in a
+    namespace the request declared (`multi_agent_v1.spawn_agent`), as opposed to a built-in tool
+    (`python`, `browser.search`)."""
+    namespace, dot, _ = recipient.partition(".")
+    return bool(dot) and namespace not in BUILTIN_TOOLS
 
 
 def is_builtin(name: str, builtin: Iterable[str] = ()) -> bool:
@@ -78,15 +81,29 @@ def is_builtin(name: str, builtin: Iterable[str] = ()) -> bool:
 
 
 def function_recipient(name: str, builtin: Iterable[str] = ()) -> str:
-    """How the model addresses a tool: built-ins by their own name (`python`, `browser.search`),
-    function tools in the `functions.` namespace."""
-    return name if is_builtin(name, builtin) else _FUNCTION_PREFIX + name
+    """How the model addresses a tool: built-ins by their own name (`python`, `browser.search`), a function
+    of a declared namespace by its qualified name (`multi_agent_v1.spawn_agent`: function names never hold a
+    dot), other function tools in the `functions.` namespace."""
+    if is_builtin(name, builtin) or "." in name:
+        return name
+    return _FUNCTION_PREFIX + name
 
 
 def tool_name(recipient: str) -> str:
-    """The OpenAI name of what the model addressed: `functions.get_weather` -> `get_weather`;
-    built-ins (`python`) keep their name."""
-    return recipient[len(_FUNCTION_PREFIX):] if is_function_recipient(recipient) else recipient
+    """The OpenAI name of what the model addressed: `functions.get_weather` -> `get_weather`; a namespaced
+    function keeps its qualified name (`multi_agent_v1.spawn_agent`: see `split_name`), built-ins theirs."""
+    return recipient[len(_FUNCTION_PREFIX):] if recipient.startswith(_FUNCTION_PREFIX) else recipient
+
+
+def split_name(name: str) -> tuple[Optional[str], str]:
+    """(namespace, function) of a qualified name: `multi_agent_v1.spawn_agent` -> ("multi_agent_v1",
+    "spawn_agent"); a plain function name has no namespace. The Responses API carries them apart."""
+    namespace, dot, fn = name.partition(".")
+    return (namespace, fn) if dot else (None, name)
+
+
+def qualified_name(name: str, namespace: Optional[str]) -> str:
+    return f"{namespace}.{name}" if namespace else name
 
 
 def call_channel(recipient: str) -> str:

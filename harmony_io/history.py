@@ -16,6 +16,7 @@ from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
 from .errors import HarmonyIOError
+from .grammar import qualified_name
 from .shapes import AssistantTurn, chat_message
 
 EXACT_HISTORY = "exact_history"  # the message key
@@ -101,8 +102,11 @@ def responses_input_messages(items: Sequence[Any], history: Sequence[dict[str, A
         if kind == "message":
             out.append({"role": item.get("role", "user"), "content": item.get("content")})
         elif kind == "function_call":
+            name = item.get("name")
+            if isinstance(name, str):
+                name = qualified_name(name, item.get("namespace"))
             call = {"id": item.get("call_id"), "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments", "")}}
+                    "function": {"name": name, "arguments": item.get("arguments", "")}}
             last = out[-1] if out else None
             if last is not None and last.get("role") == "assistant" and not last.get("content") \
                     and EXACT_HISTORY not in last:
@@ -110,12 +114,19 @@ def responses_input_messages(items: Sequence[Any], history: Sequence[dict[str, A
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            result = item.get("output")
-            out.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                        "content": result if isinstance(result, str) else json.dumps(result)})
+            out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": _output_text(item.get("output"))})
         elif kind == "reasoning":
             text = "".join(c.get("text", "") for c in item.get("content") or [] if isinstance(c, dict))
             out.append({"role": "assistant", "reasoning": text, "content": None})
         else:
             raise HarmonyIOError(f"input[{i}]: unsupported item type {kind!r}")
     return out
+
+
+def _output_text(output: Any) -> str:
+    """A function call's output as the model reads it: a string, the text of content parts, else JSON."""
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in output):
+        return "".join(p["text"] for p in output)
+    return json.dumps(output)

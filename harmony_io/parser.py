@@ -8,9 +8,16 @@ reading, repaired from our own, the recipient validated against the declared too
 are events.py's events.
 
 Every event carries the input token ids it accounts for: every text token of the input appears in
-exactly one event, in order (control tokens in none). Text is never dropped: a header that turns out
-not to be one (no `<|message|>`, text before any header) is emitted as content. Header words never
-are: a header cut short keeps its words (a channel name split across tokens, `comment`+`ary`, a `to=`
+exactly one event, in order (control tokens in none). Text is not dropped: a header that turns out
+not to be one (no `<|message|>` before `<|return|>` or the end, text before any header) is emitted as
+content -- the model put its answer there (openai-harmony's non-strict reading agrees:
+`<|channel|>commentary Hello<|end|>` is commentary "Hello"). The exception is a header the model
+abandoned, closed by `<|end|>` before any `<|message|>` after going wrong as a header: doubled
+(`<|channel|>commentary to=assistant<|channel|>commentary?<|end|>`), a channel that is none
+(`<|channel|>??<|end|>`, `<|channel|>commentary?commentary?<|end|>`), free text where a content type
+belongs (`... <|constrain|>write: edit the file<|end|>`), or a call's header (a call needs its
+`<|message|>` and `<|call|>`). gpt-oss then starts over with a well-formed message. That is neither text
+nor a call: it is recorded (MessageEnd, so exact history keeps the model's tokens), nothing is shown. Header words never are: a header cut short keeps its words (a channel name split across tokens, `comment`+`ary`, a `to=`
 recipient) out of the text, and a header after `<|end|>` without `<|start|>assistant` still opens an
 assistant message, recorded with the `<|start|>assistant` the model left out so its exact history
 renders well-formed. A tool call stays a tool call.
@@ -33,7 +40,7 @@ from .events import (
     ToolCallDelta,
     ToolCallEnd,
 )
-from .grammar import ANALYSIS, CHANNELS, COMMENTARY
+from .grammar import ANALYSIS, CHANNELS, COMMENTARY, CONTENT_TYPE_WORDS
 from .headers import (
     Header,
     RecipientPolicy,
@@ -45,6 +52,7 @@ from .headers import (
 from .tokens import (
     CALL,
     CHANNEL,
+    CONSTRAIN,
     END,
     ENDOFTEXT,
     FIRST_SPECIAL,
@@ -163,6 +171,9 @@ class StreamParser:
         if self.state == "header":
             if not self.header_tokens:
                 return events  # a bare stop token: no message to close
+            if stop == "end" and self._abandoned():  # the model starts over (module docstring): recorded, not shown
+                words = tuple(t for t in self.header_tokens if not self._is_control(t))
+                return [MessageBegin(None, None, None, words), MessageEnd(None, None, stop, "", tuple(self.message_tokens))]
             # header never reached <|message|> (the library drops such messages): salvage it
             own = own_header_reading(self.header_tokens, self._decode)
             n = header_length(self.header_tokens, self._token_bytes, self._is_control) if own.valid else 0
@@ -179,6 +190,24 @@ class StreamParser:
             events.append(ToolCallEnd(self.recipient, text, self.channel, self.known))
         events.append(MessageEnd(self.channel, self.recipient, stop, text, tuple(self.message_tokens)))
         return events
+
+    def _abandoned(self) -> bool:
+        """Whether a header closed before `<|message|>` went wrong as a header (module docstring)."""
+        tokens = self.header_tokens
+        if tokens.count(CHANNEL) > 1:
+            return True
+        if CHANNEL in tokens:  # a channel that is none (`??`), or a channel word twice (`commentary?commentary?`)
+            n = header_length(tokens, self._token_bytes, self._is_control)
+            if own_header_reading(tokens[:n], self._decode).channel not in CHANNELS:
+                return True
+            if any(c in self._decode(tokens[n:]) for c in CHANNELS):
+                return True
+        if CONSTRAIN in tokens:
+            after = self._decode(tokens[tokens.index(CONSTRAIN) + 1:]).split()
+            if after[:1] != [] and (after[0] not in CONTENT_TYPE_WORDS or len(after) > 1):
+                return True
+        own = own_header_reading(tokens, self._decode)
+        return own.valid and own.recipient is not None
 
     def _done(self, reason: str) -> Done:
         self._done_emitted = True

@@ -10,7 +10,12 @@ What this adds to the library:
   stream parser recorded them (history.py). They are spliced in verbatim (`<|return|>` stored as `<|end|>`), so a
   prompt cache keyed on tokens keeps matching what the model generated (the library would move
   `to=` before `<|channel|>` and re-tokenize the text);
-- tool schemas flattened into what the library's TypeScript rendering understands.
+- tool schemas flattened into what the library's TypeScript rendering understands; tools grouped in a
+  namespace (the Responses API's `namespace` tool) declared as a harmony namespace of their own
+  (`namespace multi_agent_v1 { ... }`, called `to=multi_agent_v1.spawn_agent`);
+- calls in history written in the order the model writes them (`<|channel|>commentary to=functions.f
+  <|constrain|>json<|message|>`, format.md), not the library's canonical `to=` first: a conversation
+  re-rendered from OpenAI shapes then reads as the model produced it (and as the docs show).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from openai_harmony import (
     Role,
     SystemContent,
     ToolDescription,
+    ToolNamespaceConfig,
 )
 
 from .errors import HarmonyIOError
@@ -42,15 +48,17 @@ from .grammar import (
     CHANNELS,
     COMMENTARY,
     FINAL,
+    FUNCTIONS,
     JSON_CONTENT_TYPE,
     BuiltinToolSpec,
     call_channel,
     call_content_type,
     function_recipient,
+    qualified_name,
 )
 from .history import EXACT_HISTORY
 from .schema import flatten_schema
-from .tokens import END, RETURN, assistant_header
+from .tokens import CALL, END, RETURN, assistant_header
 from .vocab import encoding
 
 EFFORTS = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
@@ -64,6 +72,19 @@ class FunctionTool:
     name: str
     description: str
     parameters: Optional[dict]  # None: no parameters, rendered `() => any` as openai-harmony does
+    namespace: Optional[str] = None  # None: the `functions` namespace
+
+    @property
+    def qualified_name(self) -> str:
+        return qualified_name(self.name, self.namespace)
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A group of function tools under a namespace of their own (the Responses API's `namespace` tool)."""
+
+    name: str
+    description: str
 
 
 @dataclass(frozen=True)
@@ -82,7 +103,7 @@ Item = Union[Message, ExactMessage]
 class RenderedPrompt:
     tokens: list[int]
     has_function_tools: bool = False
-    function_names: list[str] = field(default_factory=list)
+    function_names: list[str] = field(default_factory=list)  # qualified (`multi_agent_v1.spawn_agent`)
     builtin_tools: tuple[str, ...] = ()
 
     @property
@@ -108,30 +129,60 @@ def forced_function_call(name: str) -> list[int]:
 
 
 def parse_tools(tools: Optional[Sequence[dict]]) -> list[FunctionTool]:
-    """OpenAI function tools (chat `{"type":"function","function":{...}}` or Responses' flat form)."""
+    """OpenAI function tools (chat `{"type":"function","function":{...}}` or Responses' flat form), and the
+    functions of Responses `namespace` tools (their FunctionTool has `namespace`)."""
     out: list[FunctionTool] = []
     seen: set[str] = set()
     for i, tool in enumerate(tools or []):
         if not isinstance(tool, dict):
             raise HarmonyIOError(f"tools[{i}] must be an object")
-        if tool.get("type", "function") != "function":
-            raise HarmonyIOError(f"tools[{i}]: unsupported tool type {tool.get('type')!r} (only 'function')")
-        spec = tool.get("function", tool)
-        name = spec.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME.match(name):
-            raise HarmonyIOError(f"tools[{i}]: invalid function name {name!r} (letters, digits, _ and -, up to 64)")
-        if name in seen:
-            raise HarmonyIOError(f"tools[{i}]: duplicate function name {name!r}")
-        seen.add(name)
-        desc = spec.get("description") or ""
-        if not isinstance(desc, str):
-            raise HarmonyIOError(f"tools[{i}]: description must be a string")
-        try:
-            params = _parameters(spec.get("parameters"))
-        except HarmonyIOError as e:
-            raise HarmonyIOError(f"tools[{i}] ({name}): {e}") from None
-        out.append(FunctionTool(name, desc, params))
+        if tool.get("type") == "namespace":
+            out += _namespace_functions(tool, f"tools[{i}]", seen)
+        else:
+            out.append(_function(tool, f"tools[{i}]", None, seen))
     return out
+
+
+def namespaces(tools: Optional[Sequence[dict]]) -> list[Namespace]:
+    """The namespaces `tools` declare, in order (what the developer message lists besides `functions`)."""
+    return [Namespace(t["name"], t.get("description") or "") for t in tools or []
+            if isinstance(t, dict) and t.get("type") == "namespace"]
+
+
+def _namespace_functions(tool: dict, where: str, seen: set[str]) -> list[FunctionTool]:
+    name = tool.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.match(name) or name in BUILTIN_TOOLS or name == FUNCTIONS:
+        raise HarmonyIOError(f"{where}: invalid namespace name {name!r} (letters, digits, _ and -, up to 64; not "
+                             f"{FUNCTIONS} or a built-in tool's)")
+    if not isinstance(tool.get("description", ""), str):
+        raise HarmonyIOError(f"{where}: description must be a string")
+    members = tool.get("tools")
+    if not isinstance(members, list) or not members:
+        raise HarmonyIOError(f"{where} ({name}): a namespace needs a non-empty list of tools")
+    return [_function(t, f"{where}.tools[{j}]", name, seen) for j, t in enumerate(members)]
+
+
+def _function(tool: Any, where: str, namespace: Optional[str], seen: set[str]) -> FunctionTool:
+    if not isinstance(tool, dict):
+        raise HarmonyIOError(f"{where} must be an object")
+    if tool.get("type", "function") != "function":
+        raise HarmonyIOError(f"{where}: unsupported tool type {tool.get('type')!r} (only 'function')")
+    spec = tool.get("function", tool)
+    name = spec.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.match(name):
+        raise HarmonyIOError(f"{where}: invalid function name {name!r} (letters, digits, _ and -, up to 64)")
+    qualified = qualified_name(name, namespace)
+    if qualified in seen:
+        raise HarmonyIOError(f"{where}: duplicate function name {qualified!r}")
+    seen.add(qualified)
+    desc = spec.get("description") or ""
+    if not isinstance(desc, str):
+        raise HarmonyIOError(f"{where}: description must be a string")
+    try:
+        params = _parameters(spec.get("parameters"))
+    except HarmonyIOError as e:
+        raise HarmonyIOError(f"{where} ({name}): {e}") from None
+    return FunctionTool(name, desc, params, namespace)
 
 
 def _parameters(schema: Any) -> Optional[dict]:
@@ -223,15 +274,20 @@ def _assistant_items(msg: dict, where: str, builtin: set[str]) -> list[Item]:
             if not isinstance(args, str):
                 args = json.dumps(args)
             recipient = function_recipient(fn["name"], builtin)
-            m = Message.from_role_and_content(Role.ASSISTANT, args).with_recipient(recipient)
-            m = m.with_channel(_call_channel(call, recipient))
-            content_type = call_content_type(recipient)
-            if content_type is not None:
-                m = m.with_content_type(content_type)
-            items.append(m)
+            items.append(_call_message(recipient, _call_channel(call, recipient), args))
     elif content or not reasoning:
         items.append(Message.from_role_and_content(Role.ASSISTANT, content).with_channel(FINAL))
     return items
+
+
+def _call_message(recipient: str, channel: str, arguments: str) -> ExactMessage:
+    """A call as the model writes it: channel first, then `to=`, then the content type (format.md)."""
+    content_type = call_content_type(recipient)
+    text = (f"<|start|>{ASSISTANT}<|channel|>{channel} to={recipient}"
+            f"{' ' + content_type if content_type else ''}<|message|>")
+    enc = encoding()
+    tokens = enc.encode(text, allowed_special="all") + enc.encode(arguments, allowed_special=set()) + [CALL]
+    return ExactMessage(tuple(tokens), channel, recipient)
 
 
 def _call_channel(call: dict, recipient: str) -> str:
@@ -324,14 +380,22 @@ def build_items(
     return instructions, [it for _, it in items]
 
 
-def developer_message(instructions: Sequence[str], tools: Sequence[FunctionTool]) -> Optional[Message]:
+def developer_message(instructions: Sequence[str], tools: Sequence[FunctionTool],
+                      groups: Sequence[Namespace] = ()) -> Optional[Message]:
     if not instructions and not tools:
         return None
     dev = DeveloperContent.new()
     if instructions:
         dev = dev.with_instructions("\n\n".join(instructions))
-    if tools:
-        dev = dev.with_function_tools([ToolDescription.new(t.name, t.description, t.parameters) for t in tools])
+
+    def described(ns: Optional[str]) -> list[ToolDescription]:
+        return [ToolDescription.new(t.name, t.description, t.parameters) for t in tools if t.namespace == ns]
+
+    if described(None):
+        dev = dev.with_function_tools(described(None))
+    for group in groups:
+        dev = dev.with_tools(ToolNamespaceConfig(name=group.name, description=group.description or None,
+                                                 tools=described(group.name)))
     return Message.from_role_and_content(Role.DEVELOPER, dev)
 
 
@@ -391,11 +455,11 @@ def render(
     functions = parse_tools(tools)
     instructions, items = build_items(messages, builtin_tools=builtin_tools, keep_analysis=keep_analysis)
     header = [system_message(reasoning_effort, model_identity, knowledge_cutoff, current_date, builtin_tools)]
-    dev = developer_message(instructions, functions)
+    dev = developer_message(instructions, functions, namespaces(tools))
     if dev is not None:
         header.append(dev)
     tokens = render_items(header, items, bool(functions))
-    return RenderedPrompt(tokens, bool(functions), [f.name for f in functions], tuple(builtin_tools))
+    return RenderedPrompt(tokens, bool(functions), [f.qualified_name for f in functions], tuple(builtin_tools))
 
 
 def render_tool_result(name: str, content: str, *, channel: str = COMMENTARY, builtin: bool = False) -> list[int]:

@@ -22,7 +22,7 @@ from .events import (
     ToolCallDelta,
     ToolCallEnd,
 )
-from .grammar import tool_name
+from .grammar import split_name, tool_name
 
 
 def new_id(prefix: str) -> str:
@@ -92,6 +92,28 @@ class AssistantTurn:
         """What a chat user sees: the final answer, else the preamble."""
         return self.content or self.preamble
 
+    @property
+    def declared_calls(self) -> list[ToolCall]:
+        """The calls of tools the prompt declared: what an API returns. A call to anything else (`python`
+        when the request declared no such tool) is never handed to a client as a call of its own."""
+        return [c for c in self.tool_calls if c.known]
+
+    @property
+    def api_finish_reason(self) -> Optional[str]:
+        if self.finish_reason == "tool_calls" and not self.declared_calls:
+            return "stop"
+        return self.finish_reason
+
+
+def function_call_item(call: ToolCall, item_id: str, status: str) -> dict[str, Any]:
+    """A Responses `function_call` item; a namespaced function's namespace goes in its own field."""
+    namespace, name = split_name(call.name)
+    item = {"type": "function_call", "id": item_id, "call_id": call.id, "name": name, "arguments": call.arguments,
+            "status": status}
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
+
 
 def output_text_part(text: str) -> dict[str, Any]:
     """A Responses `output_text` content part, with the fields OpenAI always sends."""
@@ -109,10 +131,10 @@ def chat_message(turn: AssistantTurn) -> dict[str, Any]:
                            "annotations": []}
     if turn.reasoning:
         msg["reasoning"] = msg["reasoning_content"] = turn.reasoning
-    if turn.tool_calls:
+    if turn.declared_calls:
         msg["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in turn.tool_calls
+            for c in turn.declared_calls
         ]
     return msg
 
@@ -130,9 +152,8 @@ def responses_items(turn: AssistantTurn, id_factory: Callable[[str], str] = new_
     if turn.visible_text:
         items.append({"type": "message", "id": id_factory("msg"), "role": "assistant", "status": "completed",
                       "content": [output_text_part(turn.visible_text)]})
-    for c in turn.tool_calls:
-        items.append({"type": "function_call", "id": id_factory("fc"), "call_id": c.id, "name": c.name,
-                      "arguments": c.arguments, "status": "completed" if c.complete else "incomplete"})
+    for c in turn.declared_calls:
+        items.append(function_call_item(c, id_factory("fc"), "completed" if c.complete else "incomplete"))
     return items
 
 
@@ -142,6 +163,7 @@ class ChatStreamMapper:
     def __init__(self, turn: Optional[AssistantTurn] = None):
         self.turn = turn or AssistantTurn()
         self._tool_index = -1
+        self._in_call = False  # inside a call of a declared tool (others are not shown: declared_calls)
 
     def __call__(self, event: Event) -> list[dict[str, Any]]:
         self.turn.add(event)
@@ -150,11 +172,14 @@ class ChatStreamMapper:
         if isinstance(event, (TextDelta, PreambleDelta)):
             return [{"content": event.text}]
         if isinstance(event, ToolCallBegin):
+            self._in_call = event.known
+            if not event.known:
+                return []
             self._tool_index += 1
             call = self.turn.tool_calls[-1]
             return [{"tool_calls": [{"index": self._tool_index, "id": call.id, "type": "function",
                                      "function": {"name": call.name, "arguments": ""}}]}]
-        if isinstance(event, ToolCallDelta) and self._tool_index >= 0:
+        if isinstance(event, ToolCallDelta) and self._in_call:
             return [{"tool_calls": [{"index": self._tool_index, "function": {"arguments": event.text}}]}]
         return []
 
@@ -236,9 +261,10 @@ class ResponsesStreamMapper:
                         "output_index": len(self.items) - 1, "content_index": 0, "delta": event.text,
                         "logprobs": []})
         elif isinstance(event, ToolCallBegin):
-            call = self.turn.tool_calls[-1]
-            out += self._open_item({"type": "function_call", "id": self.ids("fc"), "call_id": call.id,
-                                    "name": call.name, "arguments": "", "status": "in_progress"})
+            if event.known:
+                out += self._open_item(function_call_item(self.turn.tool_calls[-1], self.ids("fc"), "in_progress"))
+            else:  # an undeclared tool: no item (declared_calls)
+                out += self._close(complete=True)
         elif isinstance(event, ToolCallDelta) and self._open is not None and self._open["type"] == "function_call":
             self._text += event.text
             out.append({"type": "response.function_call_arguments.delta", "item_id": self._open["id"],

@@ -289,7 +289,7 @@ def shutting_down() -> APIError:
 
 def finish_reason(turn: AssistantTurn, stats: GenerationStats, stopped: bool) -> str:
     """The API's finish reason: tool calls, a client stop string, the token limit, or a stop."""
-    if turn.tool_calls and turn.finish_reason == "tool_calls":
+    if turn.api_finish_reason == "tool_calls":
         return "tool_calls"
     if stopped:
         return "stop"

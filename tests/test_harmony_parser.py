@@ -179,3 +179,39 @@ def test_property_harmony_like_streams(pieces):
     # deltas and the closing MessageEnd texts agree
     for kind in TEXT_EVENTS:
         assert isinstance(texts(events, kind), str)
+
+
+THEN_ANSWER = "<|start|>assistant<|channel|>analysis<|message|>Thinking.<|end|><|start|>assistant<|channel|>final" \
+              "<|message|>Answer.<|return|>"
+
+
+@pytest.mark.parametrize("abandoned", [
+    "<|channel|>commentary?commentary?<|end|>",  # llama.cpp #27720: a channel word twice
+    "<|channel|>commentary to=assistant<|channel|>commentary?<|end|>",  # llama.cpp #27720: a doubled header
+    "<|channel|>??<|end|>",  # llama.cpp #27720: a channel that is none
+    "<|channel|>commentary to=functions.get_weather <|constrain|>write: edit file with content.<|end|>",  # tiles #145
+    "<|channel|>commentary to=functions.get_weather <|constrain|>json<|end|>",  # a call header with no call
+    "<|channel|>analysis to=functions.get_weather code<|end|>",
+])
+def test_a_header_abandoned_before_its_message_shows_nothing_and_is_no_call(abandoned):
+    """Reported gpt-oss outputs: a header that went wrong, closed with <|end|> before <|message|>; the model
+    then starts over. Nothing of it is shown and no call is made of it; its tokens stay in the record."""
+    tokens = E(abandoned + THEN_ANSWER)
+    ev = parse(tokens)
+    assert texts(ev, TextDelta) == "Answer." and texts(ev, ReasoningDelta) == "Thinking."
+    assert texts(ev, PreambleDelta) == "" and not any(isinstance(e, (ToolCallBegin, ToolCallEnd)) for e in ev)
+    assert [e.reason for e in ev if isinstance(e, Done)] == ["stop"]
+    first = next(e for e in ev if isinstance(e, MessageEnd))
+    assert list(first.message_tokens) == E("<|start|>assistant" + abandoned)  # exact history keeps it
+
+
+@pytest.mark.parametrize("stream", [
+    '<|channel|>analysis to=functions.get_weather code<|message|>{"city": "Oslo"}<|call|>',  # seen with gpt-oss-20b
+    '<|channel|>analysis to=functions.get_weather <|constrain|>json<|message|>{"city": "Oslo"}<|call|>',
+    '<|channel|>commentary to=functions.get_weather <|constrain|>json some words<|message|>{"city": "Oslo"}<|call|>',
+])
+def test_a_call_from_the_analysis_channel_or_with_words_after_its_content_type_is_a_call(stream):
+    ev = parse(E(stream))
+    (end,) = [e for e in ev if isinstance(e, ToolCallEnd)]
+    assert (end.recipient, end.arguments, end.known) == ("functions.get_weather", '{"city": "Oslo"}', True)
+    assert [e.reason for e in ev if isinstance(e, Done)] == ["tool_call"]

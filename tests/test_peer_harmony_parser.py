@@ -344,6 +344,20 @@ def malformed_turns(draw) -> list[int]:
     return tokens
 
 
+def _calls_not_abandoned(tokens: list[int]) -> int:
+    stops, message, start = set(E("<|end|><|call|><|return|>")), E("<|message|>")[0], E("<|start|>")[0]
+    n, segment = 0, []
+    for t in tokens + [start]:
+        if t in stops or t == start:
+            abandoned = t == E("<|end|>")[0] and message not in segment
+            if "to=functions.get_weather" in encoding().decode(segment) and not abandoned:
+                n += 1
+            segment = []
+        else:
+            segment.append(t)
+    return n
+
+
 @settings(max_examples=300, deadline=None)
 @given(malformed_turns())
 def test_property_no_header_word_reaches_text_and_calls_stay_calls(tokens):
@@ -351,8 +365,9 @@ def test_property_no_header_word_reaches_text_and_calls_stay_calls(tokens):
     assert r.accounted
     shown = "".join(m["text"] for m, k in zip(r.messages, r.kinds) if k - {"tool"})
     assert not any(w in shown for w in HEADER_WORDS), shown
-    # every call header surfaces as a call (a word glued to the name without a space stays glued)
-    assert len(r.calls) == encoding().decode(tokens).count("to=functions.get_weather")
+    # every call header surfaces as a call (a word glued to the name without a space stays glued), except
+    # one abandoned before its <|message|> with <|end|>: that is no call (parser.py)
+    assert len(r.calls) == _calls_not_abandoned(tokens)
     assert all(c.recipient.startswith("functions.get_weather") for c in r.calls)
 
 

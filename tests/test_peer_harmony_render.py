@@ -159,22 +159,20 @@ def test_fixture_renders_token_for_token(case):
     assert ours == E(want)
 
 
-def test_docs_history_rerendered_from_chat_messages_differs_only_in_header_order():
-    """Without the model's tokens, history goes through openai-harmony, which writes `to=` before
-    <|channel|> (its canonical order); the docs show the model's order. Exact history (above) keeps it."""
-    ours = D(render_prompt(DOCS_HISTORY, tools=THREE_TOOLS, reasoning_effort="high", current_date="2025-06-28"))
+def test_docs_history_rerendered_from_chat_messages_is_the_docs_example_token_for_token():
+    """Without the model's tokens, history is rendered from OpenAI shapes; its call is written in the order
+    the model writes it (channel, then `to=`, then the content type), so it is format.md's example exactly."""
+    ours = render_prompt(DOCS_HISTORY, tools=THREE_TOOLS, reasoning_effort="high", current_date="2025-06-28")
     want = fixture("docs-examples/format_md_block18_function_calling_with_tool_result.txt")
-    model_order = "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
-    canonical = "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json"
-    assert model_order in want
-    assert ours == want.replace(model_order, canonical)
+    assert D(ours) == want and ours == E(want)
 
 
 def test_ongoing_analysis_is_kept_and_tool_messages_take_the_canonical_form():
     """test_does_not_drop_if_ongoing_analysis: the reasoning of a turn still in its tool loop is kept,
     as the library keeps it. The fixture's tool message was built without channel and recipient
     (`<|start|>functions.lookup_weather<|message|>`); ours is format.md's tool message (docs block 17,
-    above), `... to=assistant<|channel|>commentary`: that substitution turns the fixture into ours."""
+    above), `... to=assistant<|channel|>commentary`. And the library wrote the call `to=` first; ours is in
+    the model's order (docs block 18, above). Those two substitutions turn the fixture into ours."""
     ours = without_header(render_prompt([
         {"role": "user", "content": "What is the weather in SF?"},
         {"role": "assistant", "reasoning": "User asks: “What is the weather in SF?” We need to use lookup_weather tool.",
@@ -184,7 +182,9 @@ def test_ongoing_analysis_is_kept_and_tool_messages_take_the_canonical_form():
     ], tools=[LOOKUP_WEATHER]))
     want = fixture("test-data/test_does_not_drop_if_ongoing_analysis.txt")
     canonical = want.replace("<|start|>functions.lookup_weather<|message|>",
-                             "<|start|>functions.lookup_weather to=assistant<|channel|>commentary<|message|>")
+                             "<|start|>functions.lookup_weather to=assistant<|channel|>commentary<|message|>").replace(
+        "<|start|>assistant to=functions.lookup_weather<|channel|>commentary <|constrain|>json",
+        "<|start|>assistant<|channel|>commentary to=functions.lookup_weather <|constrain|>json")
     assert canonical != want
     assert D(ours) == canonical and ours == E(canonical)
 
@@ -249,7 +249,7 @@ def test_builtin_tool_calls_and_results_keep_their_namespace():
         {"role": "tool", "tool_call_id": "c1", "content": "results"},
     ], builtin_tools=["browser"]))
     assert "functions.browser" not in text
-    assert text.endswith("<|start|>assistant to=browser.search<|channel|>analysis<|message|>{\"query\": \"x\"}<|call|>"
+    assert text.endswith("<|start|>assistant<|channel|>analysis to=browser.search<|message|>{\"query\": \"x\"}<|call|>"
                          "<|start|>browser.search to=assistant<|channel|>analysis<|message|>results<|end|>"
                          "<|start|>assistant")
     # python keeps its `code` content type; a function of the same name without the built-in is a function
@@ -258,7 +258,7 @@ def test_builtin_tool_calls_and_results_keep_their_namespace():
         {"role": "assistant", "tool_calls": [
             {"id": "p", "type": "function", "function": {"name": "python", "arguments": "print(1)"}}]},
         {"role": "tool", "tool_call_id": "p", "content": "1"}], builtin_tools=["python"]))
-    assert "<|start|>assistant to=python<|channel|>analysis code<|message|>print(1)<|call|>" in text
+    assert "<|start|>assistant<|channel|>analysis to=python code<|message|>print(1)<|call|>" in text
     assert "<|start|>python to=assistant<|channel|>analysis<|message|>1<|end|>" in text
 
 
