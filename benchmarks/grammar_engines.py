@@ -108,7 +108,9 @@ def g_json_object() -> dict:
 
 
 def renderings(doc) -> list[str]:
-    return [json.dumps(doc, separators=(",", ":"), ensure_ascii=False), json.dumps(doc, indent=2, ensure_ascii=False)]
+    """Compact, pretty-printed, and ASCII-only (`\\u2014` escapes, as Python's json.dumps writes)."""
+    return [json.dumps(doc, separators=(",", ":"), ensure_ascii=False), json.dumps(doc, indent=2, ensure_ascii=False),
+            json.dumps(doc)]
 
 
 # -- engines: compile(schema) once, matcher(compiled) per sequence, fill(m, out), consume(m, token) ------

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import llguidance
 import numpy as np
@@ -101,6 +101,68 @@ class OutputConstraint:
     def schema_for(self, recipient: str) -> Optional[dict]:
         name = recipient[len("functions."):] if recipient.startswith("functions.") else None
         return self.functions.get(name) if name is not None else None
+
+
+def output_constraint(response_format: Any = None, tools: Optional[Sequence[dict]] = None, tool_choice: Any = None,
+                      *, builtin_tools: Sequence[str] = ()) -> Optional[OutputConstraint]:
+    """The constraint an OpenAI request asks for, or None when it asks for none.
+
+    Accepts both APIs' shapes: Chat's `response_format` / Responses' `text.format` (`{"type": "text" |
+    "json_object" | "json_schema", ...}`, the schema nested under `json_schema` or flat), tools as
+    `{"type": "function", "function": {...}}` or flat, and `tool_choice` as "auto" / "none" /
+    "required" / `{"type": "function", "function": {"name": N}}` / `{"type": "function", "name": N}`.
+    A json_schema answer is constrained whether or not it says `strict` (a valid answer is what the
+    caller wants either way); a function's arguments only when the function says `strict: true`.
+    """
+    answer = _answer_schema(response_format)
+    functions: dict[str, Optional[dict]] = {}
+    for i, tool in enumerate(tools or []):
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            continue  # other tool types are the caller's to refuse or drop
+        spec = tool.get("function", tool)
+        name = spec.get("name")
+        if not isinstance(name, str):
+            raise HarmonyIOError(f"tools[{i}]: a function needs a name")
+        strict = spec.get("strict") is True
+        params = spec.get("parameters")
+        functions[name] = (params if isinstance(params, dict) else {"type": "object", "properties": {}}) if strict else None
+    choice = _tool_choice(tool_choice)
+    spec = OutputConstraint(answer_schema=answer, functions=functions, tool_choice=choice,
+                            builtin_tools=tuple(builtin_tools))
+    return spec if spec.constrains_anything else None
+
+
+def _answer_schema(fmt: Any) -> Optional[dict]:
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise HarmonyIOError("response_format must be an object")
+    kind = fmt.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return dict(JSON_OBJECT)
+    if kind == "json_schema":
+        inner = fmt.get("json_schema", fmt)
+        schema = inner.get("schema") if isinstance(inner, dict) else None
+        if not isinstance(schema, dict):
+            raise HarmonyIOError("response_format json_schema needs a `schema` object")
+        return schema
+    raise HarmonyIOError(f"response_format type {kind!r} is not supported (text, json_object, json_schema)")
+
+
+def _tool_choice(choice: Any) -> str:
+    if choice is None:
+        return "auto"
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICES:
+            raise HarmonyIOError(f"tool_choice must be one of {', '.join(TOOL_CHOICES)} or a function, got {choice!r}")
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name") if "function" in choice else choice.get("name")
+        if isinstance(name, str):
+            return name
+    raise HarmonyIOError("tool_choice must be 'auto', 'none', 'required' or {'type': 'function', ...} with a name")
 
 
 def header_grammar(spec: OutputConstraint, *, first: bool, analysis: bool) -> str:

@@ -44,8 +44,9 @@ O200K_PATTERN = "|".join([
 
 # JSON whitespace: what JSON allows, but at most 20 characters between two tokens, so a model cannot
 # stall in whitespace forever (a known failure of unbounded JSON grammars) while pretty-printed JSON
-# (a newline and indentation) stays possible.
-JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,20}"}
+# (a newline and indentation) stays possible. Any `\uXXXX` escape is allowed (llguidance's default
+# allows only \u00XX, refusing what json.dumps writes for non-ASCII text, e.g. `\u2014`).
+JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,20}", "json_allow_general_unicode_escapes": True}
 GRAMMAR_CACHE_SIZE = 64
 
 
