@@ -31,16 +31,9 @@ from gptoss_metal.metal_runtime import load
 from gptoss_metal.metal_runtime.generate import prefill
 from gptoss_metal.metal_runtime.sampling import apply_token_bitmask
 
-ANSWER = {
-    "type": "object",
-    "properties": {
-        "steps": {"type": "array", "items": {
-            "type": "object", "properties": {"explanation": {"type": "string"}, "output": {"type": "string"}},
-            "required": ["explanation", "output"], "additionalProperties": False}},
-        "final_answer": {"type": "string"},
-    },
-    "required": ["steps", "final_answer"], "additionalProperties": False,
-}
+from grammar_engines import MATH  # noqa: E402 (benchmarks/ is the script's folder)
+
+ANSWER = MATH  # OpenAI's structured-outputs example
 CHART = {"type": "object", "properties": {
     "data": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
     "chart_type": {"type": "string", "enum": ["line", "bar", "scatter"]}, "title": {"type": "string"}},
