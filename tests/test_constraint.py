@@ -73,7 +73,8 @@ class NoisyModel:
 
     `prefer` adds fixed logits to some tokens (a model that wants to stop: huge values on the stop
     tokens). Now and then it also favours control tokens and closing quotes/brackets, as a real
-    model ends its messages and strings, so that runs end in a bounded number of steps.
+    model ends its messages and strings, and more often as its output grows (up to 9 steps in 10),
+    so that runs end in a bounded number of steps (an open-ended json_object can otherwise nest on).
     """
 
     def __init__(self, seed: int, prefer: Optional[dict[int, float]] = None, nudges: bool = True):
@@ -81,13 +82,15 @@ class NoisyModel:
         self.bank = self.rng.standard_normal((8, V)).astype(np.float32)
         self.prefer = prefer or {}
         self.nudges = nudges
+        self.steps = 0
 
     def logits(self) -> np.ndarray:
         out = self.bank[self.rng.integers(len(self.bank))].copy()
         for t, bias in self.prefer.items():
             out[t] += bias
-        if self.nudges and self.rng.random() < 0.3:
-            out[closers()] += 50.0
+        self.steps += 1
+        if self.nudges and self.rng.random() < min(0.9, 0.3 + self.steps / 2000):
+            out[closers()] += 50.0 + 20.0 * self.rng.random(len(closers()), dtype=np.float32)  # a random closer
         if self.nudges and self.rng.random() < 0.1:
             out[CONTROL] += 60.0
         return out
