@@ -54,6 +54,22 @@ def top_p_mask(logits: mx.array, top_p: float) -> mx.array:
     return mx.where(keep, logits, mx.array(-float("inf"), dtype=logits.dtype))
 
 
+def apply_token_bitmask(logits: mx.array, bitmask: mx.array) -> mx.array:
+    """Logits with every token whose bit is clear set to -inf (structured outputs' allowed-token masks).
+
+    `bitmask` is [..., ceil(V / 32)] int32 words (numpy or MLX): bit `t % 32` of word `t // 32` set
+    means token t is allowed -- the layout grammar engines fill. A row of -1 words allows everything.
+    The bits are expanded on the device, so the host uploads V/8 bytes per row, not V.
+    """
+    words = mx.array(bitmask, dtype=mx.int32)
+    vocab = logits.shape[-1]
+    if words.shape[-1] * 32 < vocab:
+        raise GenerationError(f"a token bitmask of {words.shape[-1]} words cannot cover {vocab} tokens")
+    bits = (words[..., None] >> mx.arange(32, dtype=mx.int32)) & 1
+    allowed = bits.reshape(*words.shape[:-1], -1)[..., :vocab].astype(mx.bool_)
+    return mx.where(allowed, logits, mx.array(-float("inf"), dtype=logits.dtype))
+
+
 class SamplerState:
     """A sampler for one generation: same seed, same logits at the same index -> same token."""
 
