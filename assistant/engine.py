@@ -19,6 +19,7 @@ rank 0's serves the caller and announces what it runs; the others `follow()` it 
 from __future__ import annotations
 
 import queue
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ from gptoss_metal.metal_runtime.distributed import DistributedGroup, barrier, lo
 from gptoss_metal.metal_runtime.lockstep import Lockstep
 from gptoss_metal.metal_runtime.rank_watchdog import RankWatchdog
 from gptoss_metal.metal_runtime.prompt_cache import PromptCache
-from gptoss_metal.metal_runtime.sequence import SequenceSpec, context_room
+from gptoss_metal.harmony_io.tokens import FIRST_SPECIAL
+from gptoss_metal.metal_runtime.sampling import TokenLogprob
+from gptoss_metal.metal_runtime.sequence import SequenceSpec, TokenConstraint, context_room
 from gptoss_metal.metal_runtime.serving import Handle, ServingCore
 
 from .stop import StopSignal
@@ -46,6 +49,13 @@ class Finished:
     error: Optional[BaseException] = None
 
 
+@dataclass
+class Logprobs:
+    """Pushed just before the event whose tokens these are (when the generation asked for logprobs)."""
+
+    entries: list[TokenLogprob]
+
+
 class _EventSink:
     """Turns one generation's tokens into harmony events and pushes them (runs on the decode thread)."""
 
@@ -53,13 +63,18 @@ class _EventSink:
         self.parser = StreamParser(tools)
         self.push = push
         self.ended = False  # the parser emitted Done
+        self.pending: deque[TokenLogprob] = deque()  # text tokens' logprobs not yet in an event
         for t in forced_prefix:  # written for the model (e.g. a call `tool_choice` demands): its events first
-            self.token(t)
+            self.token(t, None)
 
-    def token(self, token: int) -> None:
+    def token(self, token: int, logprob: Optional[TokenLogprob]) -> None:
+        if logprob is not None and token < FIRST_SPECIAL:
+            self.pending.append(logprob)
         for ev in self.parser.feed(token):
             if isinstance(ev, Done):
                 self.ended = True
+            if self.pending and getattr(ev, "tokens", ()):  # every text token is in exactly one event
+                self.push(Logprobs([self.pending.popleft() for _ in ev.tokens if self.pending]))
             self.push(ev)
 
     def end(self, stats: GenerationStats, error: Optional[BaseException]) -> None:
@@ -172,20 +187,24 @@ class Engine:
         forced_prefix: Sequence[int] = (),
         speculate: Optional[bool] = None,
         cache_key: Optional[str] = None,
+        logprobs: Optional[int] = None,
+        constraint: Optional[TokenConstraint] = None,
     ) -> Handle:
         """Queue one generation from `prompt` (which ends with `<|start|>assistant`): its parser events are
         `push`ed as they come, then one `Finished`.
 
         `forced_prefix` is fed as if the model had written it (e.g. the header of a tool call that
-        `tool_choice` demands); its events come first. Raises (before queueing) a RuntimeUserError for a
-        generation that cannot run, EngineBusy when too many wait, EngineClosed when shutting down.
+        `tool_choice` demands); its events come first. `logprobs`: each text token's logprob and that many
+        alternatives, pushed as `Logprobs` just before the event holding the tokens. `constraint`: what may
+        be drawn (structured outputs: harmony_io.constraint). Raises (before queueing) a RuntimeUserError
+        for a generation that cannot run, EngineBusy when too many wait, EngineClosed when shutting down.
         """
         spec = SequenceSpec(
             prompt=tuple(prompt) + tuple(forced_prefix), max_tokens=max_tokens, temperature=temperature,
             top_p=top_p, seed=seed, stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids),
-            speculate=self.speculate if speculate is None else speculate, cache_key=cache_key)
+            speculate=self.speculate if speculate is None else speculate, cache_key=cache_key, logprobs=logprobs)
         sink = _EventSink(None if tools is None else list(tools), forced_prefix, push)
-        return self.core.submit(spec, sink, stats)
+        return self.core.submit(spec, sink, stats, constraint)
 
     def stream(self, prompt: Sequence[int], *, stop: Optional[StopSignal] = None, **options) -> Iterator[Event]:
         """Parser events of one generation (options as `submit`), for a thread that waits for them.

@@ -44,7 +44,7 @@ def stream(engine: Engine, prompt: list[int], gen: int, out: dict, key, marks: d
     done = threading.Event()
 
     class Sink:
-        def token(self, token: int) -> None:
+        def token(self, token: int, logprob=None) -> None:
             series.append((time.perf_counter(), len(st.generated)))
 
         def end(self, stats: GenerationStats, error) -> None:

@@ -14,10 +14,12 @@ Knows token ids only; it advances the same `Sequence` objects the single-sequenc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import mlx.core as mx
 
 from .model import Model
+from .sampling import TokenLogprob, choose, read_logprob
 from .sequence import Sequence
 
 
@@ -29,7 +31,8 @@ class _Row:
 
 @dataclass
 class StepResult:
-    tokens: list[tuple[Sequence, int]] = field(default_factory=list)  # the token each sequence drew this step
+    # the token each sequence drew this step, and its logprob when the sequence asked for them
+    tokens: list[tuple[Sequence, int, Optional[TokenLogprob]]] = field(default_factory=list)
 
 
 class BatchDecoder:
@@ -54,16 +57,32 @@ class BatchDecoder:
         return len(self._rows)
 
     def step(self) -> StepResult:
-        """One token for every sequence, in one forward pass. Recording the tokens (and ending sequences
-        by `Sequence.finish_reason`) is the caller's: it also hands them out."""
+        """One token for every sequence, in one forward pass. A constrained sequence's mask is built while the
+        device runs the pass, and its constraint is fed the token drawn; recording the tokens (and ending
+        sequences by `Sequence.finish_reason`) is the caller's: it also hands them out."""
         rows = list(self._rows.values())
         result = StepResult()
         if not rows:
             return result
         inputs = mx.array([[r.next_input] for r in rows])
         logits = self.model(inputs, [r.seq.kv for r in rows])[:, -1, :]
-        drawn = mx.concatenate([r.seq.sampler(logits[b : b + 1], len(r.seq.generated)) for b, r in enumerate(rows)])
-        for r, tok in zip(rows, drawn.tolist()):
+        if any(r.seq.host_chooses for r in rows):
+            mx.async_eval(logits)  # the forward pass runs while the host builds the masks
+        drawn, logprobs = [], []
+        for b, r in enumerate(rows):
+            seq = r.seq
+            if seq.host_chooses:
+                mask = seq.constraint.next_mask() if seq.constraint is not None else None
+                tok, lp = choose(seq.sampler, logits[b : b + 1], len(seq.generated), mask, seq.spec.logprobs)
+            else:
+                tok, lp = seq.sampler(logits[b : b + 1], len(seq.generated)), None
+            drawn.append(tok)
+            logprobs.append(lp)
+        tokens = mx.concatenate(drawn)
+        mx.eval(tokens, *(a for lp in logprobs if lp is not None for a in lp))
+        for r, tok, lp in zip(rows, tokens.tolist(), logprobs):
             r.next_input = tok
-            result.tokens.append((r.seq, tok))
+            if r.seq.constraint is not None:
+                r.seq.constraint.feed(tok)
+            result.tokens.append((r.seq, tok, read_logprob(tok, lp, r.seq.spec.logprobs) if lp is not None else None))
         return result

@@ -11,8 +11,9 @@ possibly the last one when generation ended by `max_tokens`; `cache.offset` tell
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import mlx.core as mx
 
@@ -20,8 +21,8 @@ from .backend import backend_name
 from .cache import ModelCache
 from .errors import ContextOverflowError, GenerationError
 from .model import Model
-from .sampling import SamplerState, make_sampler
-from .sequence import GenerationStats, Sequence as SequenceState, context_room
+from .sampling import SamplerState, TokenLogprob, choose, make_sampler, read_logprob
+from .sequence import GenerationStats, Sequence as SequenceState, TokenConstraint, context_room
 from .speculative import Drafter, PromptLookupDrafter, SpeculationPolicy, accept_greedy
 
 # Prompt tokens per prefill forward pass. Larger chunks amortize launches and let the sorted expert
@@ -68,6 +69,9 @@ def generate(
     history: Sequence[int] = (),
     drafter: Optional[Drafter] = None,
     first_index: int = 0,
+    constraint: Optional[TokenConstraint] = None,
+    logprobs: Optional[int] = None,
+    on_logprob: Optional[Callable[[TokenLogprob], None]] = None,
 ) -> Iterator[int]:
     """Yield generated token ids until a stop id (yielded too) or `max_tokens`.
 
@@ -77,6 +81,8 @@ def generate(
     prompt-lookup speculation off; True lets a fresh `SpeculationPolicy` decide per step; `drafter`
     replaces prompt lookup as the source of drafts. `first_index`: the index of the first token this
     call generates within its whole generation (a sampler's randomness is addressed by it).
+    `constraint` (fed each token here) masks what may be drawn; `logprobs`: each token's logprob and that
+    many alternatives go to `on_logprob` before the token is yielded. Either turns speculation off.
     """
     prompt = list(prompt_ids)
     if not prompt:
@@ -123,9 +129,6 @@ def generate(
         mx.async_eval(v.targets)
         return v
 
-    # the next token (index first_index + emitted), not yet in the cache
-    cur: Union[mx.array, int] = plain_step(mx.array(prompt[-1:]), first_index)
-    mx.async_eval(cur)
     t_first: Optional[float] = None
     t_read: Optional[float] = None
     after_verify = False
@@ -153,6 +156,14 @@ def generate(
             return True
         return False
 
+    if constraint is not None or logprobs is not None:  # each choice needs the host (module docstring)
+        yield from _host_choices(model, cache, sample, prompt[-1], first_index, max_tokens, emit, constraint,
+                                 logprobs, on_logprob)
+        return
+
+    # the next token (index first_index + emitted), not yet in the cache
+    cur: Union[mx.array, int] = plain_step(mx.array(prompt[-1:]), first_index)
+    mx.async_eval(cur)
     step: Union[mx.array, _Verification, None] = None
     try:
         while True:
@@ -212,6 +223,36 @@ def generate(
             cache.settle(len(step.draft))
 
 
+def _host_choices(model: Model, cache: ModelCache, sample: SamplerState, last_prompt_token: int, first_index: int,
+                  max_tokens: int, emit: Callable[[int], bool], constraint: Optional[TokenConstraint],
+                  logprobs: Optional[int], on_logprob: Optional[Callable[[TokenLogprob], None]]) -> Iterator[int]:
+    """Decoding where each choice needs the host: a mask that depends on the token before (structured
+    outputs), or logprobs to read. The forward pass of token n+1 is queued before token n is read, so
+    the device computes it while the host feeds token n to the constraint and builds the next mask; only
+    the (small) sampling of n+1 waits for that. The cache holds what `generate` promises: every token
+    handed out, the last one fed once the next forward is queued."""
+    logits = model(mx.array([[last_prompt_token]]), cache)[:, -1, :]
+    index = first_index
+    while True:
+        mask = constraint.next_mask() if constraint is not None else None
+        cur, lp = choose(sample, logits, index, mask, logprobs)
+        mx.async_eval(cur, *(lp or ()))
+        room = max_tokens - (index - first_index) - 1  # tokens that may still follow `cur`
+        logits = model(cur.reshape(1, 1), cache)[:, -1, :] if room > 0 else None
+        if logits is not None:
+            mx.async_eval(logits)
+        token = int(cur.item())
+        if constraint is not None:
+            constraint.feed(token)
+        if lp is not None and on_logprob is not None:
+            on_logprob(read_logprob(token, lp, logprobs))
+        ended = emit(token)
+        yield token
+        if ended:
+            return
+        index += 1
+
+
 class SoloRun:
     """A sequence decoded alone by `generate` (pipelined, speculative), and the exact ways out of it.
 
@@ -227,17 +268,22 @@ class SoloRun:
         self.seq = seq
         self.stats = GenerationStats()  # this run's speculation counts, added to the sequence's at the end
         context = seq.held + seq.to_feed + seq.generated
+        self._logprobs: deque[TokenLogprob] = deque()
         self._gen: Optional[Iterator[int]] = generate(
             model, [first_input], max_tokens=seq.budget - len(seq.generated), cache=seq.kv,
-            sampler=seq.sampler, stop_ids=seq.spec.stop_ids, stats=self.stats, speculate=seq.spec.speculate,
-            history=context[: len(context) - 1], first_index=len(seq.generated))
+            sampler=seq.sampler, stop_ids=seq.spec.stop_ids, stats=self.stats,
+            speculate=seq.spec.speculate and not seq.host_chooses, history=context[: len(context) - 1],
+            first_index=len(seq.generated), constraint=seq.constraint, logprobs=seq.spec.logprobs,
+            on_logprob=self._logprobs.append)
 
-    def next(self) -> Optional[int]:
-        """The next token, or None when the run ended (its budget: the sequence's own rule says so too)."""
+    def next(self) -> Optional[tuple[int, Optional[TokenLogprob]]]:
+        """The next token and its logprob (when asked for), or None when the run ended (its budget: the
+        sequence's own rule says so too)."""
         try:
-            return next(self._gen)
+            token = next(self._gen)
         except StopIteration:
             return None
+        return token, (self._logprobs.popleft() if self._logprobs else None)
 
     def rewind(self, deliver) -> Optional[int]:
         """Leave the run: `deliver(token)` each verified draft still held back; then the token the next
@@ -245,9 +291,8 @@ class SoloRun:
         seq, cache = self.seq, self.seq.kv
         fed_target = len(seq.held) + len(seq.to_feed) + len(seq.generated)  # every handed-out token fed
         try:
-            while cache.offset > fed_target:
-                tok = next(self._gen)
-                deliver(tok)
+            while cache.offset > fed_target:  # (never with host choices: they do not speculate)
+                deliver(next(self._gen), None)
                 fed_target += 1
         except StopIteration:
             return None

@@ -15,6 +15,7 @@ output is plain sampling's, token for token).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import mlx.core as mx
@@ -70,6 +71,16 @@ def apply_token_bitmask(logits: mx.array, bitmask: mx.array) -> mx.array:
     return mx.where(allowed, logits, mx.array(-float("inf"), dtype=logits.dtype))
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A drawn token's log-probability under the model (log-softmax of the logits it was drawn from, before
+    temperature, top-p or a mask), and the `top` most likely tokens with theirs."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 class SamplerState:
     """A sampler for one generation: same seed, same logits at the same index -> same token."""
 
@@ -120,3 +131,25 @@ def _argmax(logits: mx.array) -> mx.array:
 
 def make_sampler(temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None) -> Sampler:
     return SamplerState(temperature, top_p, seed)
+
+
+def choose(sampler: SamplerState, logits: mx.array, index: int, mask=None,
+           top_logprobs: Optional[int] = None) -> tuple[mx.array, Optional[tuple[mx.array, mx.array, mx.array]]]:
+    """Draw the token at `index` from logits [1, V], within `mask` (a packed bitmask, or None), and
+    (lazily) its log-probability and the `top_logprobs` most likely tokens', all from these same logits
+    (None: no logprobs). Structured outputs and logprobs take this path; plain decoding calls the sampler."""
+    token = sampler(apply_token_bitmask(logits, mask) if mask is not None else logits, index)
+    if top_logprobs is None:
+        return token, None
+    logprobs = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
+    chosen = mx.take_along_axis(logprobs, token.astype(mx.int32)[:, None], axis=-1)[:, 0]
+    k = max(top_logprobs, 1)
+    top_ids = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[:, :k]
+    return token, (chosen, top_ids, mx.take_along_axis(logprobs, top_ids, axis=-1))
+
+
+def read_logprob(token: int, arrays: tuple[mx.array, mx.array, mx.array], top: int) -> TokenLogprob:
+    """The host's view of `choose`'s logprob arrays (evaluated by now): the top ones most likely first."""
+    chosen, ids, lps = arrays
+    pairs = sorted(zip(ids[0].tolist(), lps[0].tolist()), key=lambda p: -p[1])[:top]
+    return TokenLogprob(int(token), float(chosen[0].item()), tuple((int(i), float(v)) for i, v in pairs))

@@ -16,10 +16,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Optional, Sequence as Seq
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence as Seq
+
+import numpy as np
 
 from .errors import ContextOverflowError, GenerationError
-from .sampling import SamplerState
+from .sampling import SamplerState, TokenLogprob
 
 if TYPE_CHECKING:
     from .cache import ModelCache
@@ -28,10 +30,24 @@ if TYPE_CHECKING:
     from .slots import Slot
 
 
+MAX_TOP_LOGPROBS = 20  # what OpenAI's APIs allow
+
+
 def context_room(context_length: int, prompt_tokens: int) -> int:
     """Tokens that may still be generated after a prompt of `prompt_tokens` (prompt + answer fit the
     context). The one rule: the API, the chat session and the runtime all size budgets with it."""
     return context_length - prompt_tokens
+
+
+class TokenConstraint(Protocol):
+    """Which tokens may come next (structured outputs), told every token drawn. Token ids only: what it
+    follows (harmony, a JSON schema) is its own business."""
+
+    def next_mask(self) -> Optional[np.ndarray]:
+        """The next token's allowed set as a packed bitmask (int32 words, bit t % 32 of word t // 32), or
+        None when anything may come."""
+
+    def feed(self, token: int) -> None: ...
 
 
 @dataclass
@@ -89,6 +105,7 @@ class SequenceSpec:
     speculate: bool = True
     cache_key: Optional[str] = None  # the conversation: finds its prompt cache again
     prefill_chunk: Optional[int] = None  # None: this backend's default
+    logprobs: Optional[int] = None  # each drawn token's logprob and this many alternatives (None: none)
 
     def check(self, context_length: int, vocab_size: int) -> None:
         """Refuse what cannot run (a user error, before anything is queued)."""
@@ -98,6 +115,8 @@ class SequenceSpec:
             raise GenerationError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if min(self.prompt) < 0 or max(self.prompt) >= vocab_size:
             raise GenerationError(f"prompt token ids must be in [0, {vocab_size})")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise GenerationError(f"top logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")
         if context_room(context_length, len(self.prompt)) < 1:
             raise ContextOverflowError(f"the prompt has {len(self.prompt)} tokens and the model's context holds "
                                        f"{context_length}: nothing can be generated")
@@ -130,6 +149,14 @@ class Sequence:
     released: threading.Event = field(default_factory=threading.Event)  # the decode thread is done with it
     solo: Optional["SoloRun"] = None  # while decoded alone
     draining: bool = False  # lockstep: cancelled, its remaining tokens drawn (on every rank) but not delivered
+    constraint: Optional[TokenConstraint] = None  # fed every drawn token by the loop that drew it
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per generated token, when asked for
+
+    @property
+    def host_chooses(self) -> bool:
+        """Each token's choice needs the host between steps (a mask from the token before, or logprobs
+        to read): decoded without speculation, the sampling queued once the previous token is known."""
+        return self.constraint is not None or self.spec.logprobs is not None
     slot: Optional["Slot"] = None
     held: list[int] = field(default_factory=list)  # what the cache held and this prompt reuses
     to_feed: list[int] = field(default_factory=list)  # the rest of the prompt
@@ -166,8 +193,10 @@ class Sequence:
         self.prefill_started = now
         self.phase = Phase.PREFILL
 
-    def record(self, token: int) -> None:
+    def record(self, token: int, logprob: Optional[TokenLogprob] = None) -> None:
         """One generated token (timing, figures); `finish_reason` then says whether it was the last."""
+        if logprob is not None:
+            self.logprobs.append(logprob)
         now = time.perf_counter()
         st = self.stats
         if self.first_token_at is None:

@@ -30,7 +30,8 @@ from .generate import SoloRun, default_prefill_chunk
 from .lockstep import CLOSE, REQUEST, Alone, Lockstep
 from .model import Model
 from .batch import BatchDecoder
-from .sequence import GenerationStats, Phase, Sequence, SequenceSpec
+from .sampling import TokenLogprob
+from .sequence import GenerationStats, Phase, Sequence, SequenceSpec, TokenConstraint
 from .slots import Slot, SlotPool
 
 JOIN_CHUNK = 256  # prompt tokens prefilled per step while other sequences are decoding
@@ -48,13 +49,13 @@ class EngineClosed(RuntimeError):
 class TokenSink(Protocol):
     """Where a generation's tokens go; called on the decode thread, so it must be quick and not block."""
 
-    def token(self, token: int) -> None: ...
+    def token(self, token: int, logprob: Optional[TokenLogprob]) -> None: ...
 
     def end(self, stats: GenerationStats, error: Optional[BaseException]) -> None: ...
 
 
 class _Discard:
-    def token(self, token: int) -> None:
+    def token(self, token: int, logprob: Optional[TokenLogprob]) -> None:
         pass
 
     def end(self, stats: GenerationStats, error: Optional[BaseException]) -> None:
@@ -113,13 +114,14 @@ class ServingCore:
     # -- the caller's side ------------------------------------------------------------------------
 
     def submit(self, spec: SequenceSpec, sink: Optional[TokenSink] = None,
-               stats: Optional[GenerationStats] = None) -> Handle:
+               stats: Optional[GenerationStats] = None, constraint: Optional[TokenConstraint] = None) -> Handle:
         """Queue a generation (raises a RuntimeUserError for one that cannot run, EngineBusy when the queue
-        is full, EngineClosed when shutting down). `stats` (optional): the object its figures go into."""
+        is full, EngineClosed when shutting down). `stats` (optional): the object its figures go into;
+        `constraint`: what may be drawn (structured outputs; rank 0's draws are every rank's)."""
         spec.check(self.context_length, self.model.args.vocab_size)
         spec = self.coord.resolve(spec)
         seq = Sequence(spec, self.coord.sampler(spec), spec.budget(self.context_length), sink=sink or _Discard(),
-                       stats=stats if stats is not None else GenerationStats())
+                       stats=stats if stats is not None else GenerationStats(), constraint=constraint)
         with self._cv:
             if self._closed:
                 raise EngineClosed("the engine is shutting down")
@@ -307,17 +309,17 @@ class ServingCore:
                 first = self.batch.remove(seq) if seq.phase is Phase.BATCH else seq.to_feed[-1]
                 seq.solo = SoloRun(self.model, seq, first)
                 seq.phase = Phase.SOLO
-            tok = seq.solo.next()
+            drawn = seq.solo.next()
         except Exception as e:  # noqa: BLE001 - this generation's failure
             self._failed(seq, e)
             return
-        if tok is None or self._take(seq, tok):
+        if drawn is None or self._take(seq, *drawn):
             self._finish(seq)
 
     def _batch_step(self, decoding: list[Sequence]) -> None:
         for seq in decoding:
             if seq.phase is Phase.SOLO:
-                nxt = seq.solo.rewind(lambda tok, s=seq: self._take(s, tok))
+                nxt = seq.solo.rewind(lambda tok, lp, s=seq: self._take(s, tok, lp))
                 seq.solo = None
                 if nxt is None or seq.finish_reason() is not None:
                     self._finish(seq)
@@ -328,20 +330,20 @@ class ServingCore:
                 continue
             self.batch.add(seq, nxt)
             seq.phase = Phase.BATCH
-        for seq, tok in self.batch.step().tokens:
-            if self._take(seq, tok):
+        for seq, tok, lp in self.batch.step().tokens:
+            if self._take(seq, tok, lp):
                 self._finish(seq)
 
     # tokens, the end ------------------------------------------------------------------------------
 
-    def _take(self, seq: Sequence, tok: int) -> bool:
+    def _take(self, seq: Sequence, tok: int, logprob: Optional[TokenLogprob] = None) -> bool:
         """A token the sequence drew: recorded and handed out (drained instead, after a lockstep stop).
         True when the one finish rule says it was the last (the caller ends the sequence)."""
         if seq.draining:
             seq.drained.append(tok)
         else:
-            seq.record(tok)
-            seq.sink.token(tok)
+            seq.record(tok, logprob)
+            seq.sink.token(tok, logprob)
         return seq.finish_reason() is not None
 
     def _failed(self, seq: Sequence, e: BaseException) -> None:

@@ -64,7 +64,7 @@ class Log:
         log = self
 
         class Sink:
-            def token(self, token: int) -> None:
+            def token(self, token: int, logprob=None) -> None:
                 log.items.append((name, token))
                 hook = log.hooks.get(name)
                 if hook is not None:
