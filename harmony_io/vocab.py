@@ -134,3 +134,12 @@ def encoding() -> HarmonyEncoding:
 
 def vocab_status() -> VocabStatus:
     return _cached()[1]
+
+
+@functools.lru_cache(maxsize=65536)
+def token_bytes(token: int) -> bytes:
+    """The bytes one token stands for (a control token's name; nothing outside the vocabulary)."""
+    try:
+        return bytes(encoding()._inner.decode_bytes([token]))
+    except Exception:  # noqa: BLE001 - an id outside the vocabulary stands for nothing
+        return b""

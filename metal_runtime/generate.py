@@ -72,6 +72,7 @@ def generate(
     constraint: Optional[TokenConstraint] = None,
     logprobs: Optional[int] = None,
     on_logprob: Optional[Callable[[TokenLogprob], None]] = None,
+    host_choices: bool = False,
 ) -> Iterator[int]:
     """Yield generated token ids until a stop id (yielded too) or `max_tokens`.
 
@@ -82,7 +83,8 @@ def generate(
     replaces prompt lookup as the source of drafts. `first_index`: the index of the first token this
     call generates within its whole generation (a sampler's randomness is addressed by it).
     `constraint` (fed each token here) masks what may be drawn; `logprobs`: each token's logprob and that
-    many alternatives go to `on_logprob` before the token is yielded. Either turns speculation off.
+    many alternatives go to `on_logprob` before the token is yielded. Either turns speculation off, as
+    does `host_choices` (a rank of a group whose rank 0 masks its draws: it must run the same passes).
     """
     prompt = list(prompt_ids)
     if not prompt:
@@ -156,7 +158,7 @@ def generate(
             return True
         return False
 
-    if constraint is not None or logprobs is not None:  # each choice needs the host (module docstring)
+    if host_choices or constraint is not None or logprobs is not None:  # each choice needs the host
         yield from _host_choices(model, cache, sample, prompt[-1], first_index, max_tokens, emit, constraint,
                                  logprobs, on_logprob)
         return
@@ -274,7 +276,7 @@ class SoloRun:
             sampler=seq.sampler, stop_ids=seq.spec.stop_ids, stats=self.stats,
             speculate=seq.spec.speculate and not seq.host_chooses, history=context[: len(context) - 1],
             first_index=len(seq.generated), constraint=seq.constraint, logprobs=seq.spec.logprobs,
-            on_logprob=self._logprobs.append)
+            on_logprob=self._logprobs.append, host_choices=seq.host_chooses)
 
     def next(self) -> Optional[tuple[int, Optional[TokenLogprob]]]:
         """The next token and its logprob (when asked for), or None when the run ended (its budget: the

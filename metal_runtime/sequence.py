@@ -106,6 +106,7 @@ class SequenceSpec:
     cache_key: Optional[str] = None  # the conversation: finds its prompt cache again
     prefill_chunk: Optional[int] = None  # None: this backend's default
     logprobs: Optional[int] = None  # each drawn token's logprob and this many alternatives (None: none)
+    masked: bool = False  # rank 0 masks its draws (a constraint): every rank decodes the masked way
 
     def check(self, context_length: int, vocab_size: int) -> None:
         """Refuse what cannot run (a user error, before anything is queued)."""
@@ -156,7 +157,7 @@ class Sequence:
     def host_chooses(self) -> bool:
         """Each token's choice needs the host between steps (a mask from the token before, or logprobs
         to read): decoded without speculation, the sampling queued once the previous token is known."""
-        return self.constraint is not None or self.spec.logprobs is not None
+        return self.constraint is not None or self.spec.masked or self.spec.logprobs is not None
     slot: Optional["Slot"] = None
     held: list[int] = field(default_factory=list)  # what the cache held and this prompt reuses
     to_feed: list[int] = field(default_factory=list)  # the rest of the prompt

@@ -21,6 +21,7 @@ import atexit
 import threading
 import weakref
 from collections import deque
+from dataclasses import replace
 from typing import Optional, Protocol, Union
 
 import mlx.core as mx
@@ -119,7 +120,7 @@ class ServingCore:
         is full, EngineClosed when shutting down). `stats` (optional): the object its figures go into;
         `constraint`: what may be drawn (structured outputs; rank 0's draws are every rank's)."""
         spec.check(self.context_length, self.model.args.vocab_size)
-        spec = self.coord.resolve(spec)
+        spec = self.coord.resolve(replace(spec, masked=constraint is not None))
         seq = Sequence(spec, self.coord.sampler(spec), spec.budget(self.context_length), sink=sink or _Discard(),
                        stats=stats if stats is not None else GenerationStats(), constraint=constraint)
         with self._cv:

@@ -41,6 +41,7 @@ class ChatCompletionRequest(_Lenient):
     n: int = 1
     response_format: Optional[dict[str, Any]] = None
     logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
     parallel_tool_calls: Optional[bool] = None
     speculate: Optional[bool] = None  # extension: prompt-lookup speculative decoding (default: the server's)
 
@@ -62,6 +63,9 @@ class ResponsesRequest(_Lenient):
     metadata: Optional[dict[str, Any]] = None
     parallel_tool_calls: Optional[bool] = None
     text: Optional[dict[str, Any]] = None
+    include: Optional[list[str]] = None
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    reasoning_effort: Optional[str] = None  # what the gpt-oss reference server takes: reasoning.effort's alias
     speculate: Optional[bool] = None  # extension: prompt-lookup speculative decoding (default: the server's)
     # accepted and echoed in the response object, as OpenAI does; they change nothing here
     max_tool_calls: Optional[int] = Field(default=None, ge=1)

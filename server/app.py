@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from fastapi import FastAPI, Request
+import anyio
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,9 +27,10 @@ from .auth import APIKeyCheck
 from .bridge import run_watched
 from .limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from .openai_api import OpenAIService
-from .request_checks import check_chat, check_responses
+from .request_checks import IGNORED_HEADER, check_chat, check_responses
 from .request_log import RequestLog
 from .security import HostCheck, HostCheckConfig
+from .tool_policy import IGNORED_TOOLS_HEADER
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
@@ -75,27 +77,47 @@ def create_app(service: OpenAIService, api_key: Optional[str] = None, *, guard: 
         service.check_model(model_id)
         return service.model_object(model_id)
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest, request: Request):
-        check_chat(body, context)
-        gen = chat_api.generation(service, body)
+    def told(ignored: list[str], gen) -> dict[str, str]:
+        """Response headers naming what the request asked for and this server ignored."""
+        headers = {IGNORED_HEADER: ", ".join(ignored)} if ignored else {}
+        if gen.ignored_tools:
+            headers[IGNORED_TOOLS_HEADER] = ", ".join(dict.fromkeys(gen.ignored_tools))
+        return headers
+
+    async def answer(request: Request, body, endpoint, ignored: list[str]):
+        # preparing tokenizes the prompt and may compile a grammar: off the event loop
+        gen = await anyio.to_thread.run_sync(endpoint.generation, service, body)
         running = service.start(gen)
         record = request.state.figures = {}
+        headers = told(ignored, gen)
         if body.stream:
-            return sse.response(chat_api.stream(service, body, gen, running, record))
-        return await run_watched(chat_api.complete(service, body, gen, running, record), request.receive,
-                                 running.cancel)
+            response = sse.response(endpoint.stream(service, body, gen, running, record))
+            response.headers.update(headers)
+            return response
+        content = await run_watched(endpoint.complete(service, body, gen, running, record), request.receive,
+                                    running.cancel)
+        return JSONResponse(content, headers=headers)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, request: Request):
+        return await answer(request, body, chat_api, check_chat(body, context))
 
     @app.post("/v1/responses")
     async def responses(body: ResponsesRequest, request: Request):
-        check_responses(body, context, service.responses)
-        gen = responses_api.generation(service, body)
-        running = service.start(gen)
-        record = request.state.figures = {}
-        if body.stream:
-            return sse.response(responses_api.stream(service, body, gen, running, record))
-        return await run_watched(responses_api.complete(service, body, gen, running, record), request.receive,
-                                 running.cancel)
+        return await answer(request, body, responses_api, check_responses(body, context, service.responses))
+
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(response_id: str) -> dict:
+        return responses_api.retrieve(service, response_id)
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str) -> dict:
+        return responses_api.delete(service, response_id)
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def input_items(response_id: str, limit: int = Query(20), order: str = Query("desc"),
+                          after: Optional[str] = Query(None)) -> dict:
+        return responses_api.input_items(service, response_id, limit=limit, order=order, after=after)
 
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before anything reads a body
     if api_key is not None:

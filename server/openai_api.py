@@ -9,11 +9,13 @@ responses_api.py.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional, Protocol
 
 from gptoss_metal.assistant import Engine, Finished
+from gptoss_metal.assistant.engine import Logprobs
 from gptoss_metal.harmony_io import (
     AssistantTurn,
     Event,
@@ -22,17 +24,20 @@ from gptoss_metal.harmony_io import (
     PreambleDelta,
     ReasoningDelta,
     TextDelta,
-    forced_function_call,
+    parse_tools,
     reasoning_effort,
     render,
     today,
 )
+from gptoss_metal.harmony_io.constraint import HarmonyConstraint, output_constraint
+from gptoss_metal.harmony_io.vocab import token_bytes
 from gptoss_metal.metal_runtime import GenerationStats, RuntimeUserError
 from gptoss_metal.metal_runtime.serving import EngineBusy, EngineClosed, Handle
 
 from .api_models import APIError
 from .bridge import Inbox
 from .response_store import ResponseStore
+from .tool_policy import usable_tools
 
 DEFAULT_MAX_TOKENS = 4096
 SERVICE_TIER = "default"  # what OpenAI reports for a request processed at the standard tier
@@ -54,13 +59,15 @@ class Generation:
     messages: list[dict[str, Any]]
     prompt: list[int]
     tools: list[str]  # declared recipients, for the parser
-    forced_prefix: list[int]
     max_tokens: int
     temperature: float
     top_p: float
     seed: Optional[int]
     stop: list[str] = field(default_factory=list)
     speculate: Optional[bool] = None
+    constraint: Optional[HarmonyConstraint] = None  # structured outputs, tool_choice required / named
+    logprobs: Optional[int] = None  # top alternatives per token (None: no logprobs)
+    ignored_tools: list[str] = field(default_factory=list)  # hosted tool types left out (tool_policy.py)
 
 
 @dataclass
@@ -71,6 +78,14 @@ class Outcome:
     stats: GenerationStats
     finish_reason: str
     reasoning_tokens: int = 0
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # the visible text's tokens, when asked for
+
+
+@dataclass
+class TokenLogprobs:
+    """Yielded by `run` just before the mapped output of the text these tokens make (streams attach it)."""
+
+    entries: list[dict[str, Any]]
 
 
 class StopWatcher:
@@ -158,45 +173,60 @@ class OpenAIService:
 
     def prepare(self, messages: list[dict[str, Any]], *, tools: Optional[list[dict]], tool_choice: Any,
                 effort: Optional[str], max_tokens: Optional[int], temperature: Optional[float],
-                top_p: Optional[float], seed: Optional[int], stop: Any = None,
-                speculate: Optional[bool] = None) -> Generation:
+                top_p: Optional[float], seed: Optional[int], stop: Any = None, speculate: Optional[bool] = None,
+                response_format: Any = None, format_param: str = "response_format",
+                logprobs: Optional[int] = None) -> Generation:
+        """A request's generation, every refusal a 4xx naming its parameter. Runs off the event loop (it
+        tokenizes the prompt and may compile a grammar)."""
         try:
             effort = reasoning_effort(effort)
         except HarmonyIOError as e:
             raise APIError(400, str(e), param="reasoning_effort") from None
-        forced: list[int] = []
-        declared_tools = tools or []
+        declared, ignored_tools = usable_tools(tools)
         if tool_choice == "none":
-            declared_tools = []
-        elif isinstance(tool_choice, dict):
-            fn = tool_choice.get("function", tool_choice)
-            name = fn.get("name") if isinstance(fn, dict) else None
-            names = {(t.get("function", t) or {}).get("name") for t in declared_tools if isinstance(t, dict)}
-            if not name or name not in names:
-                raise APIError(400, f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")
-            forced = forced_function_call(name)
-        elif tool_choice == "required":
-            raise APIError(400, "tool_choice 'required' is not supported; name a function instead", param="tool_choice")
-        elif tool_choice not in (None, "auto"):
-            raise APIError(400, f"invalid tool_choice {tool_choice!r}", param="tool_choice")
+            declared = []
         try:
-            rendered = render(self.exact_history.attach(messages), tools=declared_tools, reasoning_effort=effort,
+            parse_tools(declared)
+        except HarmonyIOError as e:
+            raise APIError(400, str(e), param="tools") from None
+        try:
+            rendered = render(self.exact_history.attach(messages), tools=declared, reasoning_effort=effort,
                               current_date=self.current_date or today())
         except HarmonyIOError as e:
             raise APIError(400, str(e), param="messages") from None
-        room = self.engine.room(rendered.tokens + forced)
+        room = self.engine.room(rendered.tokens)
         if room < 1:
             raise APIError(400, f"This model's maximum context length is {self.engine.context_length} tokens; the "
                            f"prompt has {len(rendered.tokens)}.", code="context_length_exceeded", param="messages")
+        budget = min(max_tokens or self.default_max_tokens, room)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if len(stops) > 4:
             raise APIError(400, "at most 4 stop sequences", param="stop")
         return Generation(
-            messages=messages, prompt=rendered.tokens, tools=rendered.recipients,
-            forced_prefix=forced, max_tokens=min(max_tokens or self.default_max_tokens, room),
+            messages=messages, prompt=rendered.tokens, tools=rendered.recipients, max_tokens=budget,
             temperature=1.0 if temperature is None else temperature, top_p=1.0 if top_p is None else top_p,
             seed=seed, stop=stops, speculate=speculate,
+            constraint=self._constraint(response_format, format_param, declared, tool_choice, budget),
+            logprobs=logprobs, ignored_tools=ignored_tools,
         )
+
+    @staticmethod
+    def _constraint(response_format: Any, format_param: str, tools: list[dict], tool_choice: Any,
+                    budget: int) -> Optional[HarmonyConstraint]:
+        """Structured outputs, strict functions and tool_choice "required" / a named function, as a
+        constraint on what may be drawn (harmony_io.constraint); None when the request constrains nothing."""
+        param = "tool_choice"
+        try:
+            param = format_param
+            output_constraint(response_format)  # the format alone: its errors name the format
+            param = "tool_choice"
+            spec = output_constraint(response_format, tools, tool_choice)
+        except HarmonyIOError as e:
+            raise APIError(400, str(e), param=param) from None
+        if spec is None:
+            return None
+        # the answer must still fit after the reasoning: a quarter of the budget is kept for it
+        return HarmonyConstraint(dataclasses.replace(spec, max_reasoning_tokens=budget * 3 // 4))
 
     def start(self, gen: Generation) -> Running:
         """Queue a prepared generation in the engine (errors here are plain HTTP errors)."""
@@ -204,7 +234,7 @@ class OpenAIService:
         try:
             handle = self.engine.submit(gen.prompt, push=inbox.push, max_tokens=gen.max_tokens,
                                         temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed, tools=gen.tools,
-                                        forced_prefix=gen.forced_prefix, speculate=gen.speculate)
+                                        speculate=gen.speculate, logprobs=gen.logprobs, constraint=gen.constraint)
         except EngineBusy as e:
             raise APIError(429, f"The server is busy: {e}. Retry shortly.", type="rate_limit_error",
                            code="queue_full") from None
@@ -226,6 +256,8 @@ class OpenAIService:
         turn = mapper.turn if mapper is not None else AssistantTurn()
         watcher = StopWatcher(gen.stop)
         reasoning_tokens = 0
+        visible_logprobs: list[dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []
 
         def emit(ev: Event) -> list:
             if mapper is None:
@@ -237,6 +269,13 @@ class OpenAIService:
             async for ev in running.events():
                 if watcher.hit:
                     continue  # cut by a stop string: the rest is drained until the end arrives
+                if isinstance(ev, Logprobs):  # the tokens of the event that follows
+                    pending = [logprob_entry(lp, gen.logprobs or 0) for lp in ev.entries]
+                    continue
+                shown, pending = (pending if isinstance(ev, (TextDelta, PreambleDelta)) else []), []
+                if shown:
+                    visible_logprobs += shown
+                    yield TokenLogprobs(shown)
                 if isinstance(ev, ReasoningDelta):
                     reasoning_tokens += len(ev.tokens)
                 if isinstance(ev, (TextDelta, PreambleDelta)) and watcher.stops:
@@ -265,7 +304,7 @@ class OpenAIService:
                 for out in emit(TextDelta(rest)):
                     yield out
         self.exact_history.remember(turn)
-        yield Outcome(turn, stats, finish_reason(turn, stats, watcher.hit), reasoning_tokens)
+        yield Outcome(turn, stats, finish_reason(turn, stats, watcher.hit), reasoning_tokens, visible_logprobs)
 
     async def complete(self, gen: Generation, running: Running, mapper: Optional[EventMapper] = None,
                        record: Optional[dict] = None) -> Outcome:
@@ -300,6 +339,15 @@ def figures(stats: GenerationStats) -> dict[str, Any]:
     """What the request log shows of a generation."""
     return {"prompt": stats.prompt_tokens, "cached": stats.reused_tokens, "generated": stats.generated_tokens,
             "tps": stats.decode_tps, "ttft": stats.first_token_seconds, "finish": stats.finish_reason}
+
+
+def logprob_entry(lp: Any, top: int) -> dict[str, Any]:
+    """A token's logprob in OpenAI's shape (Chat `logprobs.content[]`, Responses `output_text.logprobs[]`)."""
+    def one(token: int, logprob: float) -> dict[str, Any]:
+        raw = token_bytes(token)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+
+    return dict(one(lp.token, lp.logprob), top_logprobs=[one(t, v) for t, v in lp.top[:top]])
 
 
 def usage_chat(o: Outcome) -> dict[str, Any]:

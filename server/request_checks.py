@@ -15,9 +15,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .api_models import APIError, ChatCompletionRequest, ResponsesRequest
+
+if TYPE_CHECKING:
+    from .response_store import ResponseStore
 
 ANY = object()  # accepted with any value (it changes nothing here)
 IGNORED_HEADER = "x-gptoss-ignored-parameters"
@@ -87,9 +90,8 @@ def check_chat(req: ChatCompletionRequest, context: int) -> list[str]:
     return ignored
 
 
-def check_responses(req: ResponsesRequest, context: int,
-                    stored_responses: Mapping[str, list[dict[str, Any]]]) -> list[str]:
-    """`stored_responses`: conversations by response id (for the calls `previous_response_id` made).
+def check_responses(req: ResponsesRequest, context: int, stored_responses: "ResponseStore") -> list[str]:
+    """`stored_responses`: the stored responses (for the calls `previous_response_id` made).
     Refuses what cannot be answered; returns the parameters ignored."""
     ignored = _check_parameters(req.model_extra, RESPONSES_OTHER_PARAMETERS)
     _check_limit("max_output_tokens", req.max_output_tokens, context)
@@ -97,7 +99,7 @@ def check_responses(req: ResponsesRequest, context: int,
     if req.previous_response_id is not None:
         if req.previous_response_id not in stored_responses:
             return ignored  # the service answers that with its 404
-        stored = stored_responses[req.previous_response_id]
+        stored = stored_responses.conversation(req.previous_response_id)
     if isinstance(req.input, str):
         return ignored
     issued = {call_id for msg in stored for call_id in _call_ids(msg)}

@@ -10,16 +10,20 @@ from gptoss_metal.harmony_io.shapes import new_id
 
 from . import sse
 from .api_models import APIError, ResponsesRequest
-from .openai_api import SERVICE_TIER, Generation, OpenAIService, Outcome, Running
+from .openai_api import SERVICE_TIER, Generation, OpenAIService, Outcome, Running, TokenLogprobs
+from .response_store import StoredResponse
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
 def _input_messages(service: OpenAIService, req: ResponsesRequest) -> list[dict[str, Any]]:
     history: list[dict[str, Any]] = []
     if req.previous_response_id is not None:
-        stored = service.responses.get(req.previous_response_id)
+        stored = service.responses.conversation(req.previous_response_id)
         if stored is None:
             raise APIError(404, f"Previous response {req.previous_response_id!r} not found (the server keeps "
-                           f"the last {service.responses.capacity} in memory)", param="previous_response_id")
+                           f"the last {service.responses.capacity} stored responses in memory; a response made "
+                           "with store: false is not kept)", param="previous_response_id")
         history = stored
     items = [{"role": "user", "content": req.input}] if isinstance(req.input, str) else req.input
     try:
@@ -33,10 +37,12 @@ def generation(service: OpenAIService, req: ResponsesRequest) -> Generation:
     messages = _input_messages(service, req)
     if req.instructions:
         messages = [{"role": "system", "content": req.instructions}] + messages
-    effort = (req.reasoning or {}).get("effort")
+    effort = (req.reasoning or {}).get("effort") or req.reasoning_effort  # the reference server's alias
+    logprobs = (req.top_logprobs or 0) if LOGPROBS_INCLUDE in (req.include or []) else None
     return service.prepare(messages, tools=req.tools, tool_choice=req.tool_choice, effort=effort,
                            max_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p,
-                           seed=req.seed, speculate=req.speculate)
+                           seed=req.seed, speculate=req.speculate, response_format=(req.text or {}).get("format"),
+                           format_param="text.format", logprobs=logprobs)
 
 
 def _response_object(rid: str, created_at: int, req: ResponsesRequest, gen: Generation, status: str,
@@ -63,36 +69,85 @@ def _response_object(rid: str, created_at: int, req: ResponsesRequest, gen: Gene
         "parallel_tool_calls": req.parallel_tool_calls if req.parallel_tool_calls is not None else True,
         "previous_response_id": req.previous_response_id,
         "prompt_cache_key": req.prompt_cache_key, "safety_identifier": req.safety_identifier,
-        "reasoning": {"effort": reasoning.get("effort", "medium"), "summary": reasoning.get("summary")},
+        "reasoning": {"effort": reasoning.get("effort") or req.reasoning_effort or "medium",
+                      "summary": reasoning.get("summary")},
         "service_tier": SERVICE_TIER, "store": req.store is not False, "temperature": gen.temperature,
-        "text": {"format": {"type": "text"}}, "tool_choice": req.tool_choice or "auto", "tools": req.tools or [],
-        "top_logprobs": 0, "top_p": gen.top_p, "truncation": "disabled", "usage": usage,
+        "text": {"format": (req.text or {}).get("format") or {"type": "text"}},
+        "tool_choice": req.tool_choice or "auto", "tools": req.tools or [],
+        "top_logprobs": req.top_logprobs or 0, "top_p": gen.top_p, "truncation": "disabled", "usage": usage,
         "user": req.user, "metadata": req.metadata or {},
     }
 
 
-def _store(service: OpenAIService, rid: str, gen: Generation, outcome: Outcome) -> None:
+def _input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's input as items with ids (what `/input_items` lists)."""
+    if isinstance(req.input, str):
+        return [{"type": "message", "id": new_id("msg"), "role": "user", "status": "completed",
+                 "content": [{"type": "input_text", "text": req.input}]}]
+    return [dict(item, id=item.get("id") or new_id("item")) if isinstance(item, dict) else item for item in req.input]
+
+
+def _store(service: OpenAIService, rid: str, req: ResponsesRequest, gen: Generation, outcome: Outcome,
+           response: dict[str, Any]) -> None:
+    if req.store is False:  # the client keeps its history itself; nothing here may continue it
+        return
     conv = [m for m in gen.messages if m.get("role") != "system"] + [history_message(outcome.turn)]
-    service.responses.put(rid, conv)
+    service.responses.put(rid, StoredResponse(conv, response, _input_items(req)))
+
+
+class _Logprobs:
+    """Attaches token logprobs to the output text they make: each delta, then the part and item at the end."""
+
+    def __init__(self) -> None:
+        self.held: list = []
+        self.by_item: dict[str, list] = {}
+
+    def attach(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "response.output_text.delta":
+            event["logprobs"], self.held = self.held, []
+            self.by_item.setdefault(event["item_id"], []).extend(event["logprobs"])
+        elif kind == "response.output_text.done":
+            event["logprobs"] = self.by_item.get(event["item_id"], [])
+        elif kind == "response.content_part.done":
+            event["part"]["logprobs"] = self.by_item.get(event["item_id"], [])
+
+    def fill(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            if item["type"] == "message":
+                for part in item["content"]:
+                    part["logprobs"] = self.by_item.get(item["id"], [])
 
 
 async def complete(service: OpenAIService, req: ResponsesRequest, gen: Generation, running: Running,
                    record: Optional[dict] = None) -> dict[str, Any]:
     rid, created_at = new_id("resp"), int(time.time())
     mapper = ResponsesStreamMapper()  # the same items as a stream would show
-    outcome = await service.complete(gen, running, mapper, record)
+    logprobs = _Logprobs()
+    outcome = None
+    async for item in service.run(gen, running, mapper, record):
+        if isinstance(item, TokenLogprobs):
+            logprobs.held = item.entries
+        elif isinstance(item, Outcome):
+            outcome = item
+        else:
+            logprobs.attach(item)
     mapper.close()
-    _store(service, rid, gen, outcome)
-    return _response_object(rid, created_at, req, gen, "completed", mapper.items, outcome)
+    logprobs.fill(mapper.items)
+    response = _response_object(rid, created_at, req, gen, "completed", mapper.items, outcome)
+    _store(service, rid, req, gen, outcome, response)
+    return response
 
 
 async def stream(service: OpenAIService, req: ResponsesRequest, gen: Generation, running: Running,
                  record: Optional[dict] = None) -> AsyncIterator[str]:
     rid, created_at = new_id("resp"), int(time.time())
     seq = 0
+    logprobs = _Logprobs()
 
     def event(payload: dict[str, Any]) -> str:
         nonlocal seq
+        logprobs.attach(payload)
         payload = dict(payload, sequence_number=seq)
         seq += 1
         return sse.typed(payload)
@@ -107,7 +162,9 @@ async def stream(service: OpenAIService, req: ResponsesRequest, gen: Generation,
     outcome = None
     try:
         async for item in service.run(gen, running, mapper, record):
-            if isinstance(item, Outcome):
+            if isinstance(item, TokenLogprobs):
+                logprobs.held = item.entries
+            elif isinstance(item, Outcome):
                 outcome = item
             else:
                 yield event(item)
@@ -120,7 +177,49 @@ async def stream(service: OpenAIService, req: ResponsesRequest, gen: Generation,
     for tail in mapper.close():  # an item left open by a stop-string cut
         yield event(tail)
     assert outcome is not None
-    _store(service, rid, gen, outcome)
+    logprobs.fill(mapper.items)
     final = snapshot("completed", mapper.items, outcome)
+    _store(service, rid, req, gen, outcome, final)
     kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
     yield event({"type": kind, "response": final})
+
+
+# -- stored responses ------------------------------------------------------------------------------
+
+
+def _stored(service: OpenAIService, rid: str) -> StoredResponse:
+    stored = service.responses.get(rid)
+    if stored is None:
+        raise APIError(404, f"Response {rid!r} not found (the server keeps the last {service.responses.capacity} "
+                       "stored responses in memory; a response made with store: false is not kept)",
+                       code="not_found", param="response_id")
+    return stored
+
+
+def retrieve(service: OpenAIService, rid: str) -> dict[str, Any]:
+    return _stored(service, rid).response
+
+
+def delete(service: OpenAIService, rid: str) -> dict[str, Any]:
+    _stored(service, rid)
+    del service.responses[rid]
+    return {"id": rid, "object": "response.deleted", "deleted": True}
+
+
+def input_items(service: OpenAIService, rid: str, limit: int = 20, order: str = "desc",
+                after: Optional[str] = None) -> dict[str, Any]:
+    """A page of a stored response's input items (OpenAI's list shape)."""
+    if order not in ("asc", "desc"):
+        raise APIError(400, "order must be 'asc' or 'desc'", param="order")
+    if not 1 <= limit <= 100:
+        raise APIError(400, "limit must be between 1 and 100", param="limit")
+    items = _stored(service, rid).input_items
+    items = items if order == "asc" else list(reversed(items))
+    if after is not None:
+        ids = [i.get("id") for i in items]
+        if after not in ids:
+            raise APIError(400, f"no input item {after!r} in this response", param="after")
+        items = items[ids.index(after) + 1:]
+    page = items[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}

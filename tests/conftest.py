@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 # Nothing in the test suite may reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ... nor the user's own data folder (conversations, pulled models): every command a test runs, in this
+# process or a child, writes under a folder of the test session's.
+os.environ["GPTOSS_DATA_DIR"] = tempfile.mkdtemp(prefix="gptoss-test-data-")
 
 from gptoss_metal.converters import convert, synth  # noqa: E402
 

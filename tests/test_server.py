@@ -98,7 +98,7 @@ def test_auth_is_required(tiny_server):
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n=1"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
       "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]}, 400, "object schema"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {"name": "zz"}}}, 400, "not in tools"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {"name": "zz"}}}, 400, "not a declared function"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 5}, 400, "temperature"),
     ({"model": "tiny", "messages": []}, 400, "messages"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x " * 140000}]}, 400, "maximum context length"),
@@ -205,13 +205,15 @@ def test_chat_tool_call_streaming_deltas(scripted):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_forced_tool_choice_prefills_the_call(scripted):
+def test_a_named_tool_choice_lets_the_model_reason_then_call(scripted):
     client, model, _ = scripted
-    model.add_reply(E('{"city": "Paris"}<|call|>'))  # the model only writes the arguments
+    model.add_reply(E('<|channel|>analysis<|message|>The user wants Paris.<|end|><|start|>assistant<|channel|>commentary '
+                      'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'))
     r = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "Paris"}],
                                        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}})
     call = r.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and call.function.arguments == '{"city": "Paris"}'
+    assert r.choices[0].message.model_extra["reasoning"] == "The user wants Paris."
 
 
 def test_stop_strings_cut_the_answer(scripted):
@@ -285,7 +287,7 @@ def test_streamed_function_call_answered_with_previous_response_id(scripted):
     streamed = [e.item for e in events if e.type == "response.output_item.done" and e.item.type == "function_call"]
     final = events[-1].response
     assert [i.call_id for i in streamed] == [o.call_id for o in final.output if o.type == "function_call"]
-    stored = service.responses[final.id][-1]
+    stored = service.responses.conversation(final.id)[-1]
     assert [c["id"] for c in stored["tool_calls"]] == [streamed[0].call_id]
     model.add_reply(E("<|channel|>final<|message|>Lima: 19 C.<|return|>"))
     events = list(client.responses.create(

@@ -140,14 +140,20 @@ CATALOGUE = [
      "surrogate", "invalid_unicode"),
     ("not JSON", CHAT, b"{not json", 400, "not valid JSON", "invalid_json"),
     ("tokenizer-stalling run", CHAT, user("a" * 300_000), 400, "300000 characters", "run_too_long"),
-    ("unknown field", CHAT, user() | {"frobnicate": 1}, 400, "Unrecognized request argument supplied: frobnicate",
-     "unknown_parameter"),
-    ("unknown field, Responses", RESPONSES, {"model": "s", "input": "x", "frobnicate": 1}, 400,
-     "Unrecognized request argument supplied: frobnicate", "unknown_parameter"),
     ("unsupported OpenAI parameter", CHAT, user() | {"functions": [{"name": "f"}]}, 400, "functions is not supported",
      "unsupported_parameter"),
     ("n > 1", CHAT, user() | {"n": 3}, 400, "n=1", None),
-    ("logprobs", CHAT, user() | {"logprobs": True}, 400, "logprobs", None),
+    ("top_logprobs without logprobs", CHAT, user() | {"top_logprobs": 3}, 400, "needs logprobs", None),
+    ("too many top_logprobs", CHAT, user() | {"logprobs": True, "top_logprobs": 21}, 400, "top_logprobs", None),
+    ("a penalty", CHAT, user() | {"presence_penalty": 0.5}, 400, "presence_penalty is not supported",
+     "unsupported_parameter"),
+    ("background", RESPONSES, {"model": "s", "input": "x", "background": True}, 400, "background is not supported",
+     "unsupported_parameter"),
+    ("an unknown response_format", CHAT, user() | {"response_format": {"type": "yaml"}}, 400, "'yaml' is not supported",
+     None),
+    ("a json_schema without its schema", RESPONSES, {"model": "s", "input": "x", "text": {"format": {
+        "type": "json_schema", "name": "x"}}}, 400, "needs a `schema`", None),
+    ("tool_choice required without tools", CHAT, user() | {"tool_choice": "required"}, 400, "at least one tool", None),
     ("negative max_tokens", CHAT, user() | {"max_tokens": -5}, 400, "max_tokens", None),
     ("zero max_completion_tokens", CHAT, user() | {"max_completion_tokens": 0}, 400, "max_completion_tokens", None),
     ("huge max_tokens", CHAT, user() | {"max_tokens": 10**30}, 400, "max_tokens is too large", "invalid_value"),
@@ -179,6 +185,28 @@ def test_bad_input_catalogue(server, name, path, body, status, needle, code):
     assert time.monotonic() - t0 < 10  # refused, not worked through
     assert "Traceback" not in logs.text, logs.text[-3000:]
     assert post(url, CHAT, user()).status_code == 200  # and the server still answers
+
+
+@pytest.mark.parametrize("path,body", [
+    (CHAT, user() | {"frobnicate": 1, "client_metadata": {"a": 1}}),
+    (RESPONSES, {"model": "s", "input": "x", "frobnicate": 1, "session_id": "s-1"}),
+])
+def test_unknown_parameters_are_ignored_named_in_a_header_and_logged_once(server, path, body, caplog):
+    url, _, _ = server
+    with caplog.at_level(logging.WARNING, logger="gptoss.server"):
+        first, again = post(url, path, body), post(url, path, body)
+    assert first.status_code == again.status_code == 200
+    names = set(first.headers["x-gptoss-ignored-parameters"].split(", "))
+    assert "frobnicate" in names and names <= {"frobnicate", "client_metadata", "session_id"}
+    assert sum("frobnicate" in r.getMessage() for r in caplog.records) <= 1  # once per name, per process
+
+
+def test_hosted_tools_are_left_out_with_a_header_not_refused(server):
+    url, _, _ = server
+    body = {"model": "s", "input": "x", "tools": [{"type": "web_search"}, {"type": "browser_search"},
+                                                  {"type": "function", "name": "f", "parameters": {"type": "object"}}]}
+    r = post(url, RESPONSES, body)
+    assert r.status_code == 200 and r.headers["x-gptoss-ignored-tools"] == "web_search, browser_search"
 
 
 def test_an_evicted_previous_response_is_a_clean_404(server):
