@@ -86,6 +86,13 @@ class Architecture:
         """The attention scaling YaRN multiplies into cos and sin: 0.1 ln(factor) + 1."""
         return 0.1 * math.log(self.rope_factor) + 1.0 if self.rope_factor > 1.0 else 1.0
 
+    @property
+    def family(self) -> Optional[str]:
+        """The released model this architecture is (`gpt-oss-20b`, `gpt-oss-120b`), by its depth and
+        experts; None for anything else (a synthetic preset, a cut-down test model)."""
+        return {(24, 32): "gpt-oss-20b", (36, 128): "gpt-oss-120b"}.get(
+            (self.num_hidden_layers, self.num_local_experts))
+
     def kv_bytes_per_position(self, dtype_bytes: int) -> int:
         """Keys + values of one position in one layer."""
         return 2 * self.num_key_value_heads * self.head_dim * dtype_bytes

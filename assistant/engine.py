@@ -59,29 +59,29 @@ class Logprobs:
 class _EventSink:
     """Turns one generation's tokens into harmony events and pushes them (runs on the decode thread)."""
 
-    def __init__(self, tools: Optional[list[str]], forced_prefix: Sequence[int], push: Callable[[object], None]):
+    def __init__(self, tools: Optional[list[str]], push: Callable[[object], None]):
         self.parser = StreamParser(tools)
         self.push = push
         self.ended = False  # the parser emitted Done
         self.pending: deque[TokenLogprob] = deque()  # text tokens' logprobs not yet in an event
-        for t in forced_prefix:  # written for the model (e.g. a call `tool_choice` demands): its events first
-            self.token(t, None)
 
     def token(self, token: int, logprob: Optional[TokenLogprob]) -> None:
         if logprob is not None and token < FIRST_SPECIAL:
             self.pending.append(logprob)
-        for ev in self.parser.feed(token):
+        self._push(self.parser.feed(token))
+
+    def end(self, stats: GenerationStats, error: Optional[BaseException]) -> None:
+        if error is None and not self.ended and stats.finish_reason in ("stop", "length"):
+            self._push(self.parser.finish(stats.finish_reason))
+        self.push(Finished(stats, error))
+
+    def _push(self, events: list[Event]) -> None:
+        for ev in events:
             if isinstance(ev, Done):
                 self.ended = True
             if self.pending and getattr(ev, "tokens", ()):  # every text token is in exactly one event
                 self.push(Logprobs([self.pending.popleft() for _ in ev.tokens if self.pending]))
             self.push(ev)
-
-    def end(self, stats: GenerationStats, error: Optional[BaseException]) -> None:
-        if error is None and not self.ended and stats.finish_reason in ("stop", "length"):
-            for ev in self.parser.finish(stats.finish_reason):
-                self.push(ev)
-        self.push(Finished(stats, error))
 
 
 class Engine:
@@ -184,7 +184,6 @@ class Engine:
         tools: Optional[Iterable[str]] = None,
         stats: Optional[GenerationStats] = None,
         extra_stop_ids: Iterable[int] = (),
-        forced_prefix: Sequence[int] = (),
         speculate: Optional[bool] = None,
         cache_key: Optional[str] = None,
         logprobs: Optional[int] = None,
@@ -193,17 +192,16 @@ class Engine:
         """Queue one generation from `prompt` (which ends with `<|start|>assistant`): its parser events are
         `push`ed as they come, then one `Finished`.
 
-        `forced_prefix` is fed as if the model had written it (e.g. the header of a tool call that
-        `tool_choice` demands); its events come first. `logprobs`: each text token's logprob and that many
+        `logprobs`: each text token's logprob and that many
         alternatives, pushed as `Logprobs` just before the event holding the tokens. `constraint`: what may
         be drawn (structured outputs: harmony_io.constraint). Raises (before queueing) a RuntimeUserError
         for a generation that cannot run, EngineBusy when too many wait, EngineClosed when shutting down.
         """
         spec = SequenceSpec(
-            prompt=tuple(prompt) + tuple(forced_prefix), max_tokens=max_tokens, temperature=temperature,
+            prompt=tuple(prompt), max_tokens=max_tokens, temperature=temperature,
             top_p=top_p, seed=seed, stop_ids=tuple(STOP_IDS) + tuple(extra_stop_ids),
             speculate=self.speculate if speculate is None else speculate, cache_key=cache_key, logprobs=logprobs)
-        sink = _EventSink(None if tools is None else list(tools), forced_prefix, push)
+        sink = _EventSink(None if tools is None else list(tools), push)
         return self.core.submit(spec, sink, stats, constraint)
 
     def stream(self, prompt: Sequence[int], *, stop: Optional[StopSignal] = None, **options) -> Iterator[Event]:

@@ -23,7 +23,6 @@ import argparse
 import functools
 import importlib.metadata as md
 import json
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -38,7 +38,6 @@ from .render import (
     REASONING_EFFORTS,
     ExactMessage,
     RenderedPrompt,
-    forced_function_call,
     parse_tools,
     reasoning_effort,
     render,
@@ -55,7 +54,7 @@ __all__ = [
     "EXACT_HISTORY", "Event", "ExactHistoryMemory", "ExactMessage", "HarmonyIOError", "MessageBegin", "MessageEnd",
     "PYTHON", "PreambleDelta", "REASONING_EFFORTS", "ReasoningDelta", "RenderedPrompt", "ResponsesStreamMapper",
     "STOP_IDS", "StreamParser", "TextDelta", "ToolCall", "ToolCallBegin", "ToolCallDelta", "ToolCallEnd",
-    "assistant_header", "chat_message", "encoding", "forced_function_call", "function_recipient",
+    "assistant_header", "chat_message", "encoding", "function_recipient",
     "history_message", "is_function_recipient", "parse_tools", "reasoning_effort", "render", "render_prompt",
     "render_tool_result", "responses_input_messages", "responses_items", "today", "tool_name", "vocab_status",
 ]

@@ -52,8 +52,8 @@ class OutputConstraint:
     functions: every declared function -> its strict argument schema, or None (arguments free).
     tool_choice: "auto" | "none" | "required" | a declared function's name (that call, and only it).
     builtin_tools: recipients of declared built-ins (`python`): their calls stay free text.
-    max_reasoning_tokens: after this many reasoning tokens `<|end|>` is forced and no new analysis
-    message may start (None: unlimited), so a turn keeps room for its answer.
+    max_reasoning_tokens: after this many reasoning and preamble tokens `<|end|>` is forced and no new
+    analysis or preamble message may start (None: unlimited), so a turn keeps room for its answer or call.
     """
 
     answer_schema: Optional[dict] = None
@@ -177,7 +177,7 @@ def header_grammar(spec: OutputConstraint, *, first: bool, analysis: bool) -> st
         alts.append(f'{channel} "analysis" {message}')
     if spec.final_allowed:
         alts.append(f'{channel} "final" {message}')
-    if spec.preamble_allowed:
+    if spec.preamble_allowed and analysis:  # free messages: while the budget lasts
         alts.append(f'{channel} "commentary" {message}')
     for rec in spec.call_recipients:
         builtin = rec in spec.builtin_tools
@@ -254,7 +254,8 @@ class HarmonyConstraint:
             self.message = "reasoning"
             self._constant = REASONING_MASK if self._analysis_allowed() else END_MASK
         elif head.channel == "commentary":
-            self.message, self._constant = "preamble", REASONING_MASK
+            self.message = "preamble"
+            self._constant = REASONING_MASK if self._analysis_allowed() else END_MASK
         else:
             self.message = "answer"
             self._matcher = self._answer
@@ -285,7 +286,7 @@ class HarmonyConstraint:
         else:  # free text with a constant mask
             if not g.allows(self._constant, token):
                 raise ConstraintViolation(f"token {token} is not allowed in this {self.message}")
-            if self.message == "reasoning" and token != END:
+            if self.message in ("reasoning", "preamble") and token != END:
                 self.reasoning_tokens += 1
                 if not self._analysis_allowed():
                     self._constant = END_MASK

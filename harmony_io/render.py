@@ -49,7 +49,6 @@ from .grammar import (
     COMMENTARY,
     FINAL,
     FUNCTIONS,
-    JSON_CONTENT_TYPE,
     BuiltinToolSpec,
     call_channel,
     call_content_type,
@@ -120,12 +119,6 @@ def reasoning_effort(value: Optional[str], default: str = "medium") -> str:
     if value not in EFFORTS:
         raise HarmonyIOError(f"reasoning effort must be one of {', '.join(REASONING_EFFORTS)}, got {value!r}")
     return value
-
-
-def forced_function_call(name: str) -> list[int]:
-    """The header of a call to function `name`, for prefilling when the caller demands that call."""
-    header = f"<|channel|>{COMMENTARY} to={function_recipient(name)} {JSON_CONTENT_TYPE}<|message|>"
-    return encoding().encode(header, allowed_special="all")
 
 
 def parse_tools(tools: Optional[Sequence[dict]]) -> list[FunctionTool]:
@@ -458,8 +451,10 @@ def render(
     dev = developer_message(instructions, functions, namespaces(tools))
     if dev is not None:
         header.append(dev)
-    tokens = render_items(header, items, bool(functions))
-    return RenderedPrompt(tokens, bool(functions), [f.qualified_name for f in functions], tuple(builtin_tools))
+    # the system message names the `functions` namespace's channel when it has tools (as the library decides)
+    has_functions = any(f.namespace is None for f in functions)
+    tokens = render_items(header, items, has_functions)
+    return RenderedPrompt(tokens, has_functions, [f.qualified_name for f in functions], tuple(builtin_tools))
 
 
 def render_tool_result(name: str, content: str, *, channel: str = COMMENTARY, builtin: bool = False) -> list[int]:

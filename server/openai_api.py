@@ -144,7 +144,8 @@ class OpenAIService:
         if max_queue is not None:
             engine.core.max_queue = max_queue  # admission is the engine's: the page's turns wait there too
         self.model_id = model_id or engine.model_id
-        self.names = {self.model_id, *aliases}
+        family = getattr(engine.model.args, "family", None)  # a released model also answers to its name
+        self.names = {self.model_id, *aliases} | ({family} if family else set())
         self.exact_history = ExactHistoryMemory(exact_history_memory)
         self.responses = ResponseStore(stored_responses)
         self.default_max_tokens = default_max_tokens

@@ -80,11 +80,20 @@ def _response_object(rid: str, created_at: int, req: ResponsesRequest, gen: Gene
 
 
 def _input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
-    """The request's input as items with ids (what `/input_items` lists)."""
-    if isinstance(req.input, str):
-        return [{"type": "message", "id": new_id("msg"), "role": "user", "status": "completed",
-                 "content": [{"type": "input_text", "text": req.input}]}]
-    return [dict(item, id=item.get("id") or new_id("item")) if isinstance(item, dict) else item for item in req.input]
+    """The request's input as items with ids, messages with content parts (what `/input_items` lists)."""
+    items = [{"role": "user", "content": req.input}] if isinstance(req.input, str) else req.input
+    out = []
+    for item in items:
+        if item.get("type", "message") == "message":
+            content = item.get("content")
+            if isinstance(content, str):
+                content = [{"type": "input_text" if item.get("role") != "assistant" else "output_text", "text": content}]
+            item = dict(item, type="message", content=content, status=item.get("status", "completed"),
+                        id=item.get("id") or new_id("msg"))
+        else:
+            item = dict(item, id=item.get("id") or new_id("item"))
+        out.append(item)
+    return out
 
 
 def _store(service: OpenAIService, rid: str, req: ResponsesRequest, gen: Generation, outcome: Outcome,

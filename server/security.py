@@ -44,6 +44,8 @@ HARDENING = {
     "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
 }
 CORS_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
+# what a browser client may send: the OpenAI JS SDK adds its own (`x-stainless-os`, `x-stainless-retry-count`,
+# ...) besides these; an allowed origin's preflight gets the headers it asks for
 CORS_HEADERS = "authorization, content-type"
 
 
@@ -139,7 +141,7 @@ class HostCheck:
                           "origin with --allow-origin ORIGIN if you trust it.")
             return
         if allowed_cross and scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            await _preflight(send, origin)
+            await _preflight(send, origin, headers.get("access-control-request-headers"))
             return
         extra = _cors(origin) if allowed_cross else {}
 
@@ -158,9 +160,11 @@ def _cors(origin: str) -> dict[str, str]:
             "access-control-expose-headers": "content-disposition"}
 
 
-async def _preflight(send: Send, origin: str) -> None:
+async def _preflight(send: Send, origin: str, requested: Optional[str]) -> None:
+    asked = [h.strip().lower() for h in (requested or "").split(",") if h.strip()]
+    allowed = ", ".join(dict.fromkeys(CORS_HEADERS.split(", ") + asked))
     headers = {**HARDENING, **_cors(origin), "access-control-allow-methods": CORS_METHODS,
-               "access-control-allow-headers": CORS_HEADERS, "access-control-max-age": "600",
+               "access-control-allow-headers": allowed, "access-control-max-age": "600",
                "content-length": "0"}
     await send({"type": "http.response.start", "status": 204,
                 "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})

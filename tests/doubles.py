@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Iterable
 
 import mlx.core as mx
+import numpy as np
 
 from gptoss_metal.metal_runtime.cache import FullCache, ModelCache
 
@@ -81,3 +82,27 @@ def cached_tokens(cache: ModelCache) -> list[int]:
     if full.keys is None:
         return []
     return [int(v) for v in full.keys[0, 0, : full.offset, 0].tolist()]
+
+
+class StopHungryModel(ScriptedModel):
+    """A model that wants to end its turn at once: `<|return|>` is always its first choice, then `prefer`
+    in order (e.g. the tokens that close JSON), then every other token alike (the lowest id wins a tie).
+    Greedy decoding under a mask then shows what the mask alone makes of a model that would say nothing."""
+
+    def __init__(self, prefer: Iterable[int] = ()):
+        super().__init__()
+        scores = np.full((VOCAB,), -10.0, dtype=np.float32)
+        order = [200002] + list(prefer)
+        for rank, tok in reversed(list(enumerate(order))):  # the earliest mention of a token wins
+            scores[tok] = float(len(order) - rank)
+        self.scores = scores  # numpy: MLX arrays made here would belong to this thread's stream
+
+    def __call__(self, tokens: mx.array, cache: ModelCache | None = None) -> mx.array:
+        B, T = tokens.shape
+        if cache is not None:
+            kv = tokens.astype(mx.float32).reshape(B, 1, T, 1)
+            for layer in cache.layers:
+                layer.update_and_fetch(kv, kv)
+        if T == 1:
+            self.decoded += 1
+        return mx.broadcast_to(mx.array(self.scores)[None, None], (B, T, VOCAB))
