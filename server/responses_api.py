@@ -104,47 +104,58 @@ def _store(service: OpenAIService, rid: str, req: ResponsesRequest, gen: Generat
     service.responses.put(rid, StoredResponse(conv, response, _input_items(req)))
 
 
-class _Logprobs:
-    """Attaches token logprobs to the output text they make: each delta, then the part and item at the end."""
+class _Run:
+    """One generation's Responses events (whole and streamed alike), token logprobs attached to the text they
+    make: each delta, then the text's part and item at the end."""
 
     def __init__(self) -> None:
-        self.held: list = []
-        self.by_item: dict[str, list] = {}
+        self.mapper = ResponsesStreamMapper()
+        self.outcome: Optional[Outcome] = None
+        self._held: list = []
+        self._by_item: dict[str, list] = {}
 
-    def attach(self, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        if kind == "response.output_text.delta":
-            event["logprobs"], self.held = self.held, []
-            self.by_item.setdefault(event["item_id"], []).extend(event["logprobs"])
-        elif kind == "response.output_text.done":
-            event["logprobs"] = self.by_item.get(event["item_id"], [])
-        elif kind == "response.content_part.done":
-            event["part"]["logprobs"] = self.by_item.get(event["item_id"], [])
+    async def events(self, service: OpenAIService, gen: Generation, running: Running,
+                     record: Optional[dict]) -> AsyncIterator[dict[str, Any]]:
+        async for item in service.run(gen, running, self.mapper, record):
+            if isinstance(item, TokenLogprobs):
+                self._held = item.entries
+            elif isinstance(item, Outcome):
+                self.outcome = item
+            else:
+                self._attach(item)
+                yield item
 
-    def fill(self, items: list[dict[str, Any]]) -> None:
-        for item in items:
+    def close(self) -> list[dict[str, Any]]:
+        """The done events of an item left open (a stop-string cut); the output's parts get their logprobs."""
+        tail = self.mapper.close()
+        for event in tail:
+            self._attach(event)
+        for item in self.mapper.items:
             if item["type"] == "message":
                 for part in item["content"]:
-                    part["logprobs"] = self.by_item.get(item["id"], [])
+                    part["logprobs"] = self._by_item.get(item["id"], [])
+        return tail
+
+    def _attach(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "response.output_text.delta":
+            event["logprobs"], self._held = self._held, []
+            self._by_item.setdefault(event["item_id"], []).extend(event["logprobs"])
+        elif kind == "response.output_text.done":
+            event["logprobs"] = self._by_item.get(event["item_id"], [])
+        elif kind == "response.content_part.done":
+            event["part"]["logprobs"] = self._by_item.get(event["item_id"], [])
 
 
 async def complete(service: OpenAIService, req: ResponsesRequest, gen: Generation, running: Running,
                    record: Optional[dict] = None) -> dict[str, Any]:
     rid, created_at = new_id("resp"), int(time.time())
-    mapper = ResponsesStreamMapper()  # the same items as a stream would show
-    logprobs = _Logprobs()
-    outcome = None
-    async for item in service.run(gen, running, mapper, record):
-        if isinstance(item, TokenLogprobs):
-            logprobs.held = item.entries
-        elif isinstance(item, Outcome):
-            outcome = item
-        else:
-            logprobs.attach(item)
-    mapper.close()
-    logprobs.fill(mapper.items)
-    response = _response_object(rid, created_at, req, gen, "completed", mapper.items, outcome)
-    _store(service, rid, req, gen, outcome, response)
+    run = _Run()  # the same items as a stream would show
+    async for _ in run.events(service, gen, running, record):
+        pass
+    run.close()
+    response = _response_object(rid, created_at, req, gen, "completed", run.mapper.items, run.outcome)
+    _store(service, rid, req, gen, run.outcome, response)
     return response
 
 
@@ -152,11 +163,9 @@ async def stream(service: OpenAIService, req: ResponsesRequest, gen: Generation,
                  record: Optional[dict] = None) -> AsyncIterator[str]:
     rid, created_at = new_id("resp"), int(time.time())
     seq = 0
-    logprobs = _Logprobs()
 
     def event(payload: dict[str, Any]) -> str:
         nonlocal seq
-        logprobs.attach(payload)
         payload = dict(payload, sequence_number=seq)
         seq += 1
         return sse.typed(payload)
@@ -165,30 +174,23 @@ async def stream(service: OpenAIService, req: ResponsesRequest, gen: Generation,
                  error: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         return _response_object(rid, created_at, req, gen, status, output, outcome, error)
 
-    mapper = ResponsesStreamMapper()
+    run = _Run()
     yield event({"type": "response.created", "response": snapshot("in_progress", [], None)})
     yield event({"type": "response.in_progress", "response": snapshot("in_progress", [], None)})
-    outcome = None
     try:
-        async for item in service.run(gen, running, mapper, record):
-            if isinstance(item, TokenLogprobs):
-                logprobs.held = item.entries
-            elif isinstance(item, Outcome):
-                outcome = item
-            else:
-                yield event(item)
+        async for item in run.events(service, gen, running, record):
+            yield event(item)
     except APIError as e:  # the generation failed, or the server is shutting down: the stream ends failed
-        for tail in mapper.close():
+        for tail in run.close():
             yield event(tail)
-        failed = snapshot("failed", mapper.items, None, {"code": e.code or "server_error", "message": e.message})
+        failed = snapshot("failed", run.mapper.items, None, {"code": e.code or "server_error", "message": e.message})
         yield event({"type": "response.failed", "response": failed})
         return
-    for tail in mapper.close():  # an item left open by a stop-string cut
+    for tail in run.close():  # an item left open by a stop-string cut
         yield event(tail)
-    assert outcome is not None
-    logprobs.fill(mapper.items)
-    final = snapshot("completed", mapper.items, outcome)
-    _store(service, rid, req, gen, outcome, final)
+    assert run.outcome is not None
+    final = snapshot("completed", run.mapper.items, run.outcome)
+    _store(service, rid, req, gen, run.outcome, final)
     kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
     yield event({"type": kind, "response": final})
 

@@ -181,10 +181,11 @@ def run_fail(model_dir: str, out: Path, group: DistributedGroup, guard: RankWatc
         engine.core._take = lambda seq, tok: (token_seen(), take(seq, tok))[1]
         engine.follow()
         return
-    for _ in range(int(os.environ.get("DIST_REQUESTS", "3"))):
-        time.sleep(float(os.environ.get("DIST_PAUSE", "1")))
+    for i in range(int(os.environ.get("DIST_REQUESTS", "3"))):
+        time.sleep(float(os.environ.get("DIST_PAUSE", "1")))  # like a user: the group idles between requests
         for _ in engine.stream(BASE, max_tokens=12, temperature=0.0):
             token_seen()
+        print(f"rank 0 finished request {i + 1}", flush=True)
     engine.close()
 
 

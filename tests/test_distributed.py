@@ -238,7 +238,7 @@ def test_a_killed_rank_ends_the_group(tiny_runtime, tmp_path):
     seen = Lines(proc)
     seen.wait_for("rank 1 ready")
     follower = _wait_for_rank(proc.pid, 1)
-    time.sleep(1.5)  # requests are running
+    seen.wait_for("rank 0 finished request 2")  # the group is serving (and idles between requests)
     t0 = time.monotonic()
     os.kill(follower, signal.SIGKILL)
     out = seen.finish(timeout=60)
