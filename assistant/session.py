@@ -184,42 +184,41 @@ class ChatSession:
         self.last_turn = report
         self.history_reports.append(report)
         for step in range(self.max_tool_steps + 1):
-            prompt = self.render()
-            room = self.engine.room(prompt.tokens)
-            if room < 1:
-                if step == 0:
-                    self.messages.pop()  # nothing was said: the turn did not happen
-                    self.history_reports.pop()
-                raise ContextFull(f"the conversation is {len(prompt.tokens)} tokens long and the model's context "
-                                  f"holds {self.engine.context_length}: start a new one")
             turn = AssistantTurn()
             stats = GenerationStats()
-            report.steps.append(stats)
-            completed = False
+            completed, recorded = False, True  # however the step ends (even Ctrl-C while rendering), it is kept
             try:
-                events = self.engine.stream(
-                    prompt.tokens, max_tokens=min(self.max_tokens, room), temperature=self.temperature,
-                    top_p=self.top_p, seed=self.seed, tools=prompt.recipients, stats=stats, stop=stop,
-                    cache_key=self.cache_key)
-            except EngineBusy:
-                if step == 0:  # refused before anything ran (the engine's queue is full): the turn did not happen
-                    self.messages.pop()
-                    self.history_reports.pop()
-                raise
-            except BaseException:  # Ctrl-C before the generation began: the turn is kept, interrupted
-                self.messages.append(history_message(turn, interrupted=True))
-                report.interrupted, report.finish_reason = True, "interrupted"
-                raise
-            try:
+                prompt = self.render()
+                room = self.engine.room(prompt.tokens)
+                if room < 1:
+                    recorded = False
+                    if step == 0:
+                        self.messages.pop()  # nothing was said: the turn did not happen
+                        self.history_reports.pop()
+                    raise ContextFull(f"the conversation is {len(prompt.tokens)} tokens long and the model's "
+                                      f"context holds {self.engine.context_length}: start a new one")
+                report.steps.append(stats)
+                try:
+                    events = self.engine.stream(
+                        prompt.tokens, max_tokens=min(self.max_tokens, room), temperature=self.temperature,
+                        top_p=self.top_p, seed=self.seed, tools=prompt.recipients, stats=stats, stop=stop,
+                        cache_key=self.cache_key)
+                except EngineBusy:
+                    recorded = False
+                    if step == 0:  # refused before anything ran (the engine's queue is full): no turn happened
+                        self.messages.pop()
+                        self.history_reports.pop()
+                    raise
                 for ev in events:
                     turn.add(ev)
                     yield ev
                 completed = turn.finish_reason is not None or not stopped()
             finally:
-                self.messages.append(history_message(turn, interrupted=not completed))
-                if not completed:
-                    report.interrupted = True
-                    report.finish_reason = "interrupted"
+                if recorded:
+                    self.messages.append(history_message(turn, interrupted=not completed))
+                    if not completed:
+                        report.interrupted = True
+                        report.finish_reason = "interrupted"
             if not completed:
                 return
             report.finish_reason = turn.finish_reason

@@ -5,10 +5,11 @@ decode no more than 3% slower).
 
 1. Host: `HarmonyConstraint.fill_mask` + `feed` per token over natural harmony turns (reasoning, then a
    JSON answer; a strict tool call), by state; CPU time of this thread (the machine is shared).
-2. Device: one decode loop on a synthetic checkpoint (`--preset`, full vocabulary), unconstrained vs
-   constrained to a JSON schema with no reasoning (every step masked by the grammar: the worst case),
-   the mask computed (a) while the device runs the step's forward pass, as docs/ARCHITECTURE.md
-   "Structured outputs" describes, and (b) serially, after it. Rounds alternate; medians.
+2. Device: decoding on a synthetic checkpoint (`--preset`, full vocabulary), unconstrained vs
+   constrained to a JSON schema with no reasoning (every step masked by the grammar: the worst case):
+   the runtime's own `generate` both ways (`plain`, `generate+mask`: the product path, the mask built
+   while the device runs the step's forward pass), and two hand-written loops for reference -- the mask
+   computed during the forward pass (`overlapped`) and after it (`serial`). Rounds alternate; medians.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from gptoss_metal.harmony_io import encoding
 from gptoss_metal.harmony_io import token_masks as g
 from gptoss_metal.harmony_io.constraint import HarmonyConstraint, OutputConstraint
 from gptoss_metal.metal_runtime import load
-from gptoss_metal.metal_runtime.generate import prefill
+from gptoss_metal.metal_runtime.generate import generate, prefill
 from gptoss_metal.metal_runtime.sampling import apply_token_bitmask
 
 from grammar_engines import MATH  # noqa: E402 (benchmarks/ is the script's folder)
@@ -100,26 +101,44 @@ def greedy(logits: mx.array) -> mx.array:
     return mx.argmax(logits, axis=-1).astype(mx.uint32)
 
 
+class Renewing:
+    """A constraint that starts a new turn when one ends, so every step of a long loop is masked."""
+
+    def __init__(self, spec: OutputConstraint):
+        self.spec, self.current = spec, HarmonyConstraint(spec)
+
+    def next_mask(self):
+        if self.current.done:
+            self.current = HarmonyConstraint(self.spec)
+        return self.current.next_mask()
+
+    def feed(self, token: int) -> None:
+        self.current.feed(token)
+
+
 def decode(model, prompt: list[int], n: int, mode: str) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) for n decode steps. mode: plain | overlapped | serial."""
+    """(wall seconds, process CPU seconds) for n decode steps. mode: plain | generate+mask | overlapped | serial."""
+    if mode in ("plain", "generate+mask"):  # the runtime's own loop (prefill included in neither figure)
+        constraint = Renewing(OutputConstraint(answer_schema=ANSWER, max_reasoning_tokens=0)) \
+            if mode == "generate+mask" else None
+        cache = model.make_cache()
+        prefill(model, prompt[:-1], cache)
+        steps = generate(model, prompt[-1:], max_tokens=n + 1, temperature=0.0, cache=cache, speculate=False,
+                         constraint=constraint)
+        next(steps)  # the first token: prefill's tail, not a decode step
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in steps:
+            pass
+        return time.perf_counter() - t0, time.process_time() - c0
     cache = model.make_cache()
     prefill(model, prompt[:-1], cache)
     step = lambda tok: model(tok.reshape(1, 1), cache)[:, -1, :]  # noqa: E731
     spec = OutputConstraint(answer_schema=ANSWER, max_reasoning_tokens=0)
-    constraint: Optional[HarmonyConstraint] = None if mode == "plain" else HarmonyConstraint(spec)
+    constraint = HarmonyConstraint(spec)
     row = np.empty((1, g.MASK_WORDS), dtype=np.int32)
     logits = step(mx.array([prompt[-1]], dtype=mx.uint32))
     mx.async_eval(logits)
     t0, c0 = time.perf_counter(), time.process_time()
-    if constraint is None:  # pipelined as metal_runtime.generate does: step n+1 queued before token n is read
-        y = greedy(logits)
-        mx.async_eval(y)
-        for _ in range(n):
-            nxt = greedy(step(y))
-            mx.async_eval(nxt)
-            y.item()
-            y = nxt
-        return time.perf_counter() - t0, time.process_time() - c0
     for _ in range(n):
         if mode == "serial":
             mx.eval(logits)  # the device is idle while the host computes the mask
@@ -142,13 +161,13 @@ def device_costs(preset: str, n: int, rounds: int, workdir: Path) -> None:
     model = load(runtime)
     prompt = encoding().encode("<|start|>user<|message|>Solve 8x + 7 = -23 as JSON.<|end|><|start|>assistant",
                                allowed_special="all")
-    modes = ["plain", "overlapped", "serial"]
+    modes = ["plain", "generate+mask", "overlapped", "serial"]
     for mode in modes:  # warm-up
         decode(model, prompt, 4, mode)
     wall: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(rounds):
-        for mode in modes[r % 3:] + modes[:r % 3]:  # rotate the order: no mode always runs first
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:  # rotate: no mode always runs first
             w, c = decode(model, prompt, n, mode)
             wall[mode].append(w / n)
             cpu[mode].append(c / n)

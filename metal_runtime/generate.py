@@ -238,11 +238,9 @@ def _host_choices(model: Model, cache: ModelCache, sample: SamplerState, last_pr
     while True:
         mask = constraint.next_mask() if constraint is not None else None
         cur, lp = choose(sample, logits, index, mask, logprobs)
-        mx.async_eval(cur, *(lp or ()))
         room = max_tokens - (index - first_index) - 1  # tokens that may still follow `cur`
         logits = model(cur.reshape(1, 1), cache)[:, -1, :] if room > 0 else None
-        if logits is not None:
-            mx.async_eval(logits)
+        mx.async_eval(cur, *(lp or ()), *(() if logits is None else (logits,)))  # the draw, then the next pass
         token = int(cur.item())
         if constraint is not None:
             constraint.feed(token)

@@ -178,7 +178,7 @@ def run_fail(model_dir: str, out: Path, group: DistributedGroup, guard: RankWatc
     print(f"rank {group.rank} ready", flush=True)
     if not group.leader:
         take = engine.core._take
-        engine.core._take = lambda seq, tok: (token_seen(), take(seq, tok))[1]
+        engine.core._take = lambda seq, *drawn: (token_seen(), take(seq, *drawn))[1]
         engine.follow()
         return
     for i in range(int(os.environ.get("DIST_REQUESTS", "3"))):

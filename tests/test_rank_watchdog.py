@@ -76,7 +76,7 @@ def test_many_short_deadlines_and_a_left_one_never_trip_the_backstop():
 def test_ctrl_c_while_blocked_ends_the_rank_quietly_unless_it_is_rank_0():
     body = "def main():\n    time.sleep(60)\nguard.run(main)"
     code, _, err, took = run(body, rank=0, sigint_after=1.5)
-    assert code == 130 and err == "gptoss: [rank 0/2] interrupted\n" and took < 10
+    assert code == 130 and err == "\ngptoss: [rank 0/2] interrupted\n" and took < 10  # a line of its own
     code, _, err, _ = run(body, rank=1, sigint_after=1.5)
     assert code == 130 and err == ""
 
