@@ -198,8 +198,7 @@ class ServingCore:
                     with self.coord.deadline("generating with the other ranks"):
                         self._iteration_guarded()
         except BaseException as e:  # noqa: BLE001 - a group cannot go on without rank 0's loop
-            if isinstance(self.coord, Lockstep):
-                self.coord.fatal(e)
+            self.coord.failed(e, user_error=False)
             raise
         finally:
             # MLX streams belong to the thread that made them: destroy them here, not at interpreter exit
