@@ -2,46 +2,25 @@
 
 from __future__ import annotations
 
-import glob
-import json
 from pathlib import Path
 from typing import Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from gptoss_metal.architecture import CheckpointFolderError, affine_experts, check_weight_files, foreign_weights
+from gptoss_metal.architecture import StoredTensor, affine_experts, collect_tensors, foreign_weights
 
 from .config import read_model_config
-from .errors import ModelLoadError
-from .expert_paths import ExpertPath, choose_expert_path
+from .errors import ModelLoadError, reported
+from .expert_paths import choose_expert_path
+from .experts import ExpertPath, SwitchMXFP4GLU
 from .kernels import KernelSet
 from .model import Model
-from .moe import SwitchMXFP4GLU
-from .tensor_rows import read_rows, stored_tensors
+from .tensor_rows import read_rows
 
 DTYPES = {"bfloat16": mx.bfloat16, "bf16": mx.bfloat16, "float32": mx.float32, "fp32": mx.float32,
           "float16": mx.float16, "fp16": mx.float16}
 MAX_LISTED = 6
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
-            raise ModelLoadError(f"{index}: corrupt index ({e})") from None
-    else:
-        files = [Path(p).name for p in sorted(glob.glob(str(directory / "*.safetensors")))]
-    if not files:  # load() has already said so if the folder holds GGUF or PyTorch weights instead
-        raise ModelLoadError(f"{index}: lists no weight files" if index.exists()
-                             else f"{directory}: no .safetensors files")
-    try:
-        check_weight_files(directory, files, from_index=index.exists())
-    except CheckpointFolderError as e:
-        raise ModelLoadError(str(e)) from None
-    return [directory / f for f in files]
 
 
 def _read_weights(paths: list[Path]) -> dict[str, mx.array]:
@@ -87,7 +66,8 @@ def _quant_params(path: str, module: nn.Module, weights: dict[str, mx.array], ov
     raise ModelLoadError(f"{path}: cannot infer its quantization ({bits} bits, group size {group_size})")
 
 
-def _hold_experts(model: Model, paths: list[Path], weights: dict[str, mx.array], first: int, last: int) -> None:
+def _hold_experts(model: Model, stored: dict[str, StoredTensor], weights: dict[str, mx.array], first: int,
+                  last: int) -> None:
     """Give every MoE block only experts [first, last): smaller expert modules, and their rows read by
     byte range in place of the lazily loaded full tensors (which are dropped unread)."""
     args = model.args
@@ -96,11 +76,10 @@ def _hold_experts(model: Model, paths: list[Path], weights: dict[str, mx.array],
     for layer in model.layers:
         layer.mlp.experts = SwitchMXFP4GLU(last - first, args.hidden_size, args.intermediate_size,
                                            args.swiglu_limit, args.swiglu_alpha)
-    stored = stored_tensors(paths)
     for name in [n for n in weights if ".mlp.experts." in n]:
         t = stored[name]
-        if t.shape[0] != args.num_local_experts:
-            raise ModelLoadError(f"{t.path}: tensor {name} holds {t.shape[0]} experts, config.json says "
+        if t.spec.shape[0] != args.num_local_experts:
+            raise ModelLoadError(f"{t.path}: tensor {name} holds {t.spec.shape[0]} experts, config.json says "
                                  f"{args.num_local_experts}")
         weights[name] = read_rows(t, first, last)
 
@@ -131,8 +110,9 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
         if problem:
             raise ModelLoadError(problem)
     args, overrides = read_model_config(directory)
-    files = _weight_files(directory)
-    weights = _read_weights(files)
+    with reported():
+        stored = collect_tensors(directory)  # validated headers: the shared reader's checks, as the converter's
+    weights = _read_weights(sorted({t.path for t in stored.values()}))
     _check_layout(directory, weights)
     try:
         path = experts if not isinstance(experts, (str, type(None))) else choose_expert_path(experts, kernels)
@@ -142,7 +122,7 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
     model.model.dtype = target
     weights = model.sanitize(weights)
     if expert_slice is not None:
-        _hold_experts(model, files, weights, *expert_slice)
+        _hold_experts(model, stored, weights, *expert_slice)
     nn.quantize(model, class_predicate=lambda p, m: _quant_params(p, m, weights, overrides))
 
     expected = dict(nn.utils.tree_flatten(model.parameters()))
