@@ -33,10 +33,10 @@ from gptoss_metal.architecture import is_expert_tensor
 from .bench import peak_rss_bytes
 from .config import read_model_config
 from .errors import RuntimeUserError
-from .expert_paths import ExpertPath, choose_expert_path
+from .expert_paths import choose_expert_path
+from .experts import ExpertPath, SwitchMXFP4GLU
 from .loading import load
 from .model import Model
-from .moe import SwitchMXFP4GLU
 from .sampling import SamplerState
 from .speculative import accept_sampled
 

@@ -19,36 +19,20 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional
 
 import mlx.core as mx
 
 from .backend import backend_name
+from .experts import ExpertPath, SwitchMXFP4GLU, swiglu
 from .host_experts import host_experts
-from .kernels.runtime import MAX_KERNEL_TOKENS, KernelSet, twin_experts
-from .kernels.twins import route_twin
-from .moe import SwitchMXFP4GLU, swiglu
+from .kernels.runtime import KernelSet
+from .kernels.twins import route_twin, twin_experts
 
 PATH_NAMES = ("auto", "kernels", "mlx", "host", "twin")
 HOST_MIN_ROWS_PER_EXPERT = 16  # CPU backend: dequantize + host BLAS pays off from ~17 rows per expert
 SORT_MIN_PAIRS = 64  # token*expert pairs from which sorting by expert beats an unsorted gather
-
-
-class ExpertPath(Protocol):
-    name: str
-
-    def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
-        """logits [N, E] -> (expert ids [N, k] uint32 in rank order, float32 weights [N, k])."""
-        ...
-
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
-                out_dtype: Optional[mx.Dtype] = None) -> mx.array:
-        """x [N, H] -> sum_k w[:, k] * expert_{idx[:, k]}(x), [N, H] in `out_dtype` (default x's).
-
-        Every path sums over k in float32; `out_dtype=float32` hands that sum out unrounded (an
-        expert-parallel rank's partial sum must not be rounded to bf16 before the ranks add theirs).
-        """
-        ...
+MAX_KERNEL_TOKENS = 8  # the Metal kernels are decode kernels: 1..8 tokens go to them, more to `inner`
 
 
 def ranked_top_k(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:

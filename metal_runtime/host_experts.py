@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from .moe import MXFP4Projection, SwitchMXFP4GLU, swiglu
+from .experts import MXFP4Projection, SwitchMXFP4GLU, swiglu
 
 _FP4 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
 # byte -> (value of low nibble, value of high nibble): the element pair a byte packs

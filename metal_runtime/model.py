@@ -18,7 +18,8 @@ from gptoss_metal.architecture import SLIDING, Architecture
 
 from .cache import Mask, ModelCache
 from .errors import ContextOverflowError
-from .expert_paths import ExpertPath, choose_expert_path
+from .expert_paths import choose_expert_path
+from .experts import ExpertPath
 from .moe import MLPBlock
 from .rope import YarnRope
 

@@ -15,11 +15,10 @@ from .limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from .openai_api import OpenAIService
 from .request_checks import check_chat, check_responses
 from .security import API_PREFIXES, GuardConfig, LocalServerGuard
+from .streams import SSE_HEADERS
 
 if TYPE_CHECKING:
     from .page_api import PageService
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def _streaming_disconnect_check() -> bool:

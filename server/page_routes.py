@@ -13,8 +13,8 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from .api_models import ConversationPatch, PageSettings, TurnRequest
-from .app import SSE_HEADERS
 from .page_api import PageService
+from .streams import SSE_HEADERS
 
 STATIC = Path(__file__).with_name("static")
 NO_STORE = {"Cache-Control": "no-store"}
