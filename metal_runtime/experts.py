@@ -8,7 +8,12 @@ all import it, and it imports none of them. It holds
 - `swiglu`, gpt-oss's clamped activation, the one MLX definition of it (the Metal kernel computes
   the same in MSL);
 - `ExpertPath`, the protocol of a way to evaluate the router and experts (expert_paths.py holds the
-  ways and the policy choosing one).
+  ways and the policy choosing one);
+- `map_segments`, how a path reads the experts a call routes to: a container held in memory hands
+  them over in one part; a layer whose experts live in a bounded cache (expert_cache.py) may need
+  several parts, each a set of experts held at once. Paths compute per part and combine the parts
+  exactly as they would combine one (`sum_pairs`), so the result does not depend on where the
+  weights were.
 
 The expert set is a parameter (`num_experts` of a container), not a constant: an expert-parallel
 rank holds a slice of the experts of every layer.
@@ -16,10 +21,11 @@ rank holds a slice of the experts of every layer.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from gptoss_metal.architecture import MXFP4_GROUP
 
@@ -59,6 +65,32 @@ class SwitchMXFP4GLU(nn.Module):
         self.gate_proj = MXFP4Projection(num_experts, hidden, intermediate)
         self.up_proj = MXFP4Projection(num_experts, hidden, intermediate)
         self.down_proj = MXFP4Projection(num_experts, intermediate, hidden)
+
+    def map_segments(self, idx: mx.array, fn: "SegmentFn") -> list[tuple[Any, Pairs]]:
+        """`fn(weights, ids, pairs)` over the parts of the experts `idx` routes to that are held at once,
+        with each part's pairs: here every expert is held, so one call with `idx` itself (no host sync)."""
+        return [(fn(self, idx, None), None)]
+
+
+# A part of a call: the pairs (token * k + slot, flat) whose experts one set of weights holds; None: all
+# pairs of the call, with `ids` shaped [N, k] as routed. Otherwise `ids` [P] are the pairs' experts as
+# rows of those weights.
+Pairs = Optional[np.ndarray]
+SegmentFn = Callable[[SwitchMXFP4GLU, mx.array, Pairs], Any]
+
+
+def pair_rows(pairs: np.ndarray, k: int) -> mx.array:
+    """The token (row of x) of each pair."""
+    return mx.array(pairs // k)
+
+
+def sum_pairs(parts: list[tuple[mx.array, Pairs]], n: int, k: int, shape: tuple[int, ...]) -> mx.array:
+    """Per-pair float32 values of the parts, put back at token * k + slot, viewed as [n, k, *shape] and
+    summed over k: the reduction a path applies to one part's [n, k, *shape] values, in the same order."""
+    where = np.empty(n * k, dtype=np.int32)
+    where[np.concatenate([p for _, p in parts])] = np.arange(n * k, dtype=np.int32)
+    values = mx.concatenate([v.reshape(-1, *shape) for v, _ in parts])
+    return values[mx.array(where)].reshape(n, k, *shape).sum(axis=1)
 
 
 class ExpertPath(Protocol):

@@ -11,10 +11,13 @@ import mlx.nn as nn
 from gptoss_metal.architecture import StoredTensor, affine_experts, collect_tensors, foreign_weights
 
 from .config import read_model_config
+from .embedding_rows import OnDemandEmbedding
 from .errors import ModelLoadError, reported
-from .expert_paths import choose_expert_path
+from .expert_cache import PROJECTIONS, STORED, CacheSettings, ExpertCache, OffloadedExperts
+from .expert_paths import CachedExpertsPath, choose_expert_path
 from .experts import ExpertPath, SwitchMXFP4GLU
 from .kernels import KernelSet
+from .memory import default_budget, plan_memory
 from .model import Model
 from .tensor_rows import read_rows
 
@@ -88,9 +91,43 @@ def _is_float(a: mx.array) -> bool:
     return a.dtype in (mx.float32, mx.float16, mx.bfloat16)
 
 
+def _offload(model: Model, stored: dict[str, StoredTensor], weights: dict[str, mx.array], target: mx.Dtype,
+             settings: CacheSettings) -> ExpertCache:
+    """Experts into a bounded cache, the embedding table read on demand: their tensors leave `weights`
+    unread (lazily loaded arrays never evaluated are never read); every expert's biases stay resident."""
+    layers = model.layers
+    kept: list[dict[str, StoredTensor]] = []
+    biases: list[dict[str, mx.array]] = []
+    for n in range(len(layers)):
+        x = f"model.layers.{n}.mlp.experts"
+        kept.append({name: stored[f"{x}.{name}"] for name in STORED})
+        for name in STORED:
+            del weights[f"{x}.{name}"]
+        biases.append({p: weights.pop(f"{x}.{p}.bias") for p in PROJECTIONS})
+    mx.eval(*(b for layer in biases for b in layer.values()))
+    cache = ExpertCache(kept, biases, layers[0].mlp.experts, [layer.mlp.router for layer in layers], settings,
+                        model.args.num_experts_per_tok)
+    for n, layer in enumerate(layers):
+        layer.mlp.experts = OffloadedExperts(cache, n)
+    embed = model.model.embed_tokens
+    parts = {name: stored[f"model.embed_tokens.{name}"] for name in ("weight", "scales", "biases")
+             if f"model.embed_tokens.{name}" in weights}
+    for name in parts:
+        del weights[f"model.embed_tokens.{name}"]
+    quantization = ({"group_size": embed.group_size, "bits": embed.bits, "mode": embed.mode}
+                    if isinstance(embed, nn.QuantizedEmbedding) else None)
+
+    def count(n: int) -> None:
+        cache.stats.embedding_bytes += n
+
+    model.model.embed_tokens = OnDemandEmbedding(parts, target, quantization, on_read=count)
+    return cache
+
+
 def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
          experts: Union[str, ExpertPath, None] = None, kernels: Optional[KernelSet] = None,
-         expert_slice: Optional[tuple[int, int]] = None) -> Model:
+         expert_slice: Optional[tuple[int, int]] = None, max_memory: Optional[int] = None,
+         kv_reserve: Optional[int] = None, expert_cache: Optional[CacheSettings] = None) -> Model:
     """Load a converted gpt-oss folder. `dtype` is the activation/dense-weight dtype.
 
     Expert weights stay MXFP4 whatever `dtype` is; norm gains stay float32 (DESIGN.md numerics).
@@ -98,6 +135,11 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
     twin; None reads GPTOSS_EXPERT_PATH, default auto); `kernels` is the Metal kernel set to use.
     `expert_slice` (first, last): hold only those experts of every layer, reading just their bytes
     (an expert-parallel rank; its `experts` path maps global expert ids onto them).
+
+    `max_memory`: bytes the model may hold (None: what the machine allows, less `kv_reserve` -- the
+    KV budget -- and a runtime reserve; memory.py). A model that does not fit keeps its dense weights
+    resident, reads embedding rows on demand and caches its experts (`model.expert_cache`), with the
+    same tokens; `expert_cache` sets that cache explicitly (slots, policy) whatever the budget.
     """
     directory = Path(path).expanduser()
     if not directory.is_dir():
@@ -118,7 +160,15 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
         path = experts if not isinstance(experts, (str, type(None))) else choose_expert_path(experts, kernels)
     except ValueError as e:
         raise ModelLoadError(str(e)) from None
-    model = Model(args, path)
+    if expert_slice is not None and (max_memory is not None or expert_cache is not None):
+        raise ModelLoadError("--max-memory does not combine with expert parallelism yet: each rank holds its share "
+                             "of the experts whole (spread over more ranks to need less memory per rank)")
+    if expert_cache is None and expert_slice is None:
+        budget = max_memory if max_memory is not None else default_budget(args, kv_reserve)[0]
+        plan = plan_memory(args, stored, target.size, budget)
+        if not plan.fits:
+            expert_cache = CacheSettings(plan.slots, plan.segment)
+    model = Model(args, path if expert_cache is None else CachedExpertsPath(path))
     model.model.dtype = target
     weights = model.sanitize(weights)
     if expert_slice is not None:
@@ -143,6 +193,8 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
         if _is_float(arr):
             keep_f32 = name.endswith("layernorm.weight") or name == "model.norm.weight"
             weights[name] = arr.astype(mx.float32 if keep_f32 else target)
+    if expert_cache is not None:
+        model.expert_cache = _offload(model, stored, weights, target, expert_cache)
     model.load_weights(list(weights.items()), strict=True)
     if not lazy:
         mx.eval(model.parameters())

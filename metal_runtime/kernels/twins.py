@@ -43,12 +43,17 @@ def experts_up_twin(x: mx.array, idx: mx.array, gate: MXFP4Projection, up: MXFP4
     return swiglu(g, u, limit, alpha)
 
 
+def weighted_down_twin(act: mx.array, idx: mx.array, weights: mx.array, down: MXFP4Projection) -> mx.array:
+    """[N, k, H] (float32): weights[:, k] * (down_e act[:, k] + b_e), each token's k terms before their sum."""
+    d = _gather_f32(act[:, :, None, :], down.weight, down.scales, idx).squeeze(-2)
+    d = d + down.bias[idx].astype(mx.float32)
+    return d * weights.astype(mx.float32)[..., None]
+
+
 def experts_down_twin(act: mx.array, idx: mx.array, weights: mx.array, down: MXFP4Projection,
                       out_dtype: mx.Dtype) -> mx.array:
     """y [N, H] = sum_k weights[:, k] * (down_e act[:, k] + b_e), in `out_dtype`."""
-    d = _gather_f32(act[:, :, None, :], down.weight, down.scales, idx).squeeze(-2)
-    d = d + down.bias[idx].astype(mx.float32)
-    return (d * weights.astype(mx.float32)[..., None]).sum(axis=1).astype(out_dtype)
+    return weighted_down_twin(act, idx, weights, down).sum(axis=1).astype(out_dtype)
 
 
 def twin_experts(x: mx.array, idx: mx.array, w: mx.array, m: SwitchMXFP4GLU,
