@@ -291,7 +291,7 @@ class ExpertParallelPath:
 
 
 def load_expert_parallel(path: Union[str, Path], group: DistributedGroup, dtype: str = "bfloat16",
-                         experts: Union[str, ExpertPath, None] = None) -> Model:
+                         experts: Union[str, ExpertPath, None] = None, max_memory: Optional[int] = None) -> Model:
     """This rank's model: the dense weights and its block of every layer's experts, nothing more read."""
     args, _ = read_model_config(Path(path).expanduser())
     n = args.num_local_experts
@@ -301,7 +301,7 @@ def load_expert_parallel(path: Union[str, Path], group: DistributedGroup, dtype:
     first, last = args.expert_split(group.size)[group.rank]  # contiguous blocks, sizes differ by <= 1
     inner = experts if experts is not None and not isinstance(experts, str) else choose_expert_path(experts)
     return load(path, dtype=dtype, experts=ExpertParallelPath(inner, group, first, last),
-                expert_slice=(first, last))
+                expert_slice=(first, last), max_memory=max_memory)
 
 
 def held_bytes(model: Model) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from typing import Optional, Union
 import mlx.core as mx
 import mlx.nn as nn
 
-from gptoss_metal.architecture import StoredTensor, affine_experts, collect_tensors, foreign_weights
+from gptoss_metal.architecture import Architecture, StoredTensor, affine_experts, collect_tensors, foreign_weights
 
 from .config import read_model_config
 from .embedding_rows import OnDemandEmbedding
@@ -17,7 +17,7 @@ from .expert_cache import PROJECTIONS, STORED, CacheSettings, ExpertCache, Offlo
 from .expert_paths import CachedExpertsPath, choose_expert_path
 from .experts import ExpertPath, SwitchMXFP4GLU
 from .kernels import KernelSet
-from .memory import default_budget, plan_memory
+from .memory import MemoryPlan, default_budget, plan_memory
 from .model import Model
 from .tensor_rows import read_rows
 
@@ -124,6 +124,25 @@ def _offload(model: Model, stored: dict[str, StoredTensor], weights: dict[str, m
     return cache
 
 
+def _plan(args: Architecture, stored: dict[str, StoredTensor], target: mx.Dtype, max_memory: Optional[int],
+          kv_reserve: Optional[int]) -> MemoryPlan:
+    budget = max_memory if max_memory is not None else default_budget(args, kv_reserve, target.size)[0]
+    return plan_memory(args, stored, target.size, budget)
+
+
+def memory_plan(path: Union[str, Path], dtype: str = "bfloat16", max_memory: Optional[int] = None,
+                kv_reserve: Optional[int] = None) -> MemoryPlan:
+    """What `load` would hold for this folder within `max_memory` (None: what the machine allows less
+    `kv_reserve`): the whole model, or dense weights + an expert cache of `slots` per layer."""
+    directory = Path(path).expanduser()
+    args, _ = read_model_config(directory)
+    with reported():
+        stored = collect_tensors(directory)
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r} (choose bfloat16 or float32)")
+    return _plan(args, stored, DTYPES[dtype], max_memory, kv_reserve)
+
+
 def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
          experts: Union[str, ExpertPath, None] = None, kernels: Optional[KernelSet] = None,
          expert_slice: Optional[tuple[int, int]] = None, max_memory: Optional[int] = None,
@@ -164,8 +183,7 @@ def load(path: Union[str, Path], dtype: str = "bfloat16", *, lazy: bool = False,
         raise ModelLoadError("--max-memory does not combine with expert parallelism yet: each rank holds its share "
                              "of the experts whole (spread over more ranks to need less memory per rank)")
     if expert_cache is None and expert_slice is None:
-        budget = max_memory if max_memory is not None else default_budget(args, kv_reserve)[0]
-        plan = plan_memory(args, stored, target.size, budget)
+        plan = _plan(args, stored, target, max_memory, kv_reserve)
         if not plan.fits:
             expert_cache = CacheSettings(plan.slots, plan.segment)
     model = Model(args, path if expert_cache is None else CachedExpertsPath(path))

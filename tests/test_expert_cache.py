@@ -7,6 +7,12 @@ policy, with and without reading ahead, and for sequences decoded together.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -167,3 +173,32 @@ def test_policies_choose_their_victims():
     assert lru.victims(0, [0, 1, 2, 3], 1, keep={1}) == [2]
     assert lfu.victims(0, [0, 1, 2, 3], 3, keep=set()) == [1, 2, 3]
     assert pinned.victims(0, [0, 1, 2, 3], 4, keep=set())[:3] == [1, 2, 3]  # 0 is pinned: the last resort
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
+def _gptoss(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gptoss_metal.cli.main", *args], capture_output=True, text=True,
+                          env=dict(os.environ, COLUMNS="4000"), timeout=600)
+
+
+def test_max_memory_on_the_commands(tiny_runtime):
+    """`--max-memory` just above what a cache needs: generate answers the same, bench reports the cache's
+    hit rate and disk bytes, doctor says the model does not fit and what the flag does."""
+    from gptoss_metal.metal_runtime.loading import memory_plan
+
+    gib = f"{math.ceil(memory_plan(tiny_runtime, 'bfloat16', 1 << 40).minimum / GIB * 1e9) / 1e9:.9f}"  # k slots
+    ask = ("generate", str(tiny_runtime), "-p", "Say hi", "--effort", "low", "--temperature", "0", "--max-tokens", "12")
+    whole, cached = _gptoss(*ask), _gptoss(*ask, "--max-memory", gib)
+    assert whole.returncode == 0 and cached.returncode == 0, cached.stderr
+    assert cached.stdout == whole.stdout
+    bench = _gptoss("bench", str(tiny_runtime), "--prompt-tokens", "24", "--gen-tokens", "4", "--json", "--max-memory", gib)
+    report = json.loads(bench.stdout)["expert_cache"]
+    assert report["slots"] == 4 and 0 <= report["hit_rate"] <= 1 and report["disk_bytes_per_token"] > 0
+    doctor = json.loads(_gptoss("doctor", str(tiny_runtime), "--json", "--max-memory", gib).stdout)
+    plan = doctor["model"]["memory"]
+    assert plan["fits"] is False and plan["slots"] == 4 and plan["disk_bytes_per_token"] > 0
+    assert json.loads(_gptoss("doctor", str(tiny_runtime), "--json").stdout)["model"]["memory"]["fits"] is True
+    too_little = _gptoss("generate", str(tiny_runtime), "-p", "hi", "--max-memory", "0.001")
+    assert too_little.returncode == 1 and "Traceback" not in too_little.stderr and "--max-memory" in too_little.stderr
