@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
@@ -171,8 +172,8 @@ class CacheSettings:
 
     slots: int  # per layer
     segment: int  # experts of the shared buffer for calls in parts
-    policy: str = "lfu"
-    prefetch: bool = True
+    policy: str = "lfu"  # measured best of the three on recorded routing (BENCHMARKS.md, "Bigger than memory")
+    prefetch: bool = False  # read-ahead: off by default, it read ~1.5x the bytes for the misses it saved there
     keep_page_cache: bool = False  # False: the OS drops the file pages we read (our cache is the cache)
 
 
@@ -226,6 +227,10 @@ class ExpertCache:
         if not k <= settings.slots < self.num_experts or not 1 <= settings.segment <= self.num_experts:
             raise ModelLoadError(f"expert cache of {settings.slots} slots per layer and a segment of {settings.segment}: "
                                  f"needs {k} <= slots < {self.num_experts} and 1 <= segment <= {self.num_experts}")
+        for t in stored[0].values():
+            if t.spec.dtype not in _MX_DTYPES:
+                raise ModelLoadError(f"{t.path}: tensor {t.name} is {t.spec.dtype}; MXFP4 experts are U32 words and "
+                                     "U8 scales")
         shapes = {name: (t.spec.shape[1:], _MX_DTYPES[t.spec.dtype]) for name, t in stored[0].items()}
         self.pools = [_Pool(_Rows(settings.slots, shapes), np.full(settings.slots, -1), np.full(self.num_experts, -1))
                       for _ in stored]
@@ -238,6 +243,7 @@ class ExpertCache:
             self._fds[str(t.path)] = self._open(t)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptoss-expert-io") \
             if settings.prefetch else None
+        self.close = weakref.finalize(self, _release, self._fds, self._io)  # also when the model goes
         self._expected: dict[int, mx.array] = {}  # layer -> predicted expert ids (lazy)
 
     # -- sizes ------------------------------------------------------------------------------------
@@ -247,13 +253,6 @@ class ExpertCache:
         """What the cache holds: pools, segment buffer, every expert's biases."""
         biases = sum(b.nbytes for layer in self.biases for b in layer.values())
         return sum(p.rows.nbytes for p in self.pools) + self.segment.nbytes + biases
-
-    def close(self) -> None:
-        if self._io is not None:
-            self._io.shutdown(wait=True)
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -414,6 +413,15 @@ class ExpertCache:
 
 
 _MX_DTYPES = {"U32": mx.uint32, "U8": mx.uint8}
+
+
+def _release(fds: dict[str, int], io: Optional[ThreadPoolExecutor]) -> None:
+    """What an `ExpertCache` holds outside memory: its I/O thread and file descriptors."""
+    if io is not None:
+        io.shutdown(wait=True)
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 class OffloadedExperts:

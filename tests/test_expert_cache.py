@@ -29,7 +29,7 @@ from gptoss_metal.metal_runtime.expert_paths import PATH_NAMES
 from gptoss_metal.metal_runtime.memory import GIB, MemoryPlan, plan_memory
 
 PROMPT = np.random.default_rng(0).integers(0, 199_990, 40).tolist()
-SMALL = CacheSettings(slots=4, segment=3, policy="lru")  # tiny: 8 experts, top-4; prefill in parts of 3
+SMALL = CacheSettings(slots=4, segment=3, policy="lru", prefetch=True)  # tiny: 8 experts, top-4; prefill in parts of 3
 
 
 def _np(a: mx.array) -> np.ndarray:
