@@ -10,6 +10,11 @@
   BLAS (the CPU wheel's MXFP4 matmul is a scalar loop); decode and small batches go to its inner path.
 - `KernelPath`: the Metal kernels for decode (<= 8 tokens) where they passed their self-test, its
   inner path otherwise.
+- `CachedExpertsPath`: any of these over a model whose experts live in a bounded cache (the loader
+  wraps the chosen path): each layer hears its MoE input first, to read the next layer's ahead.
+
+Every path reads its experts through the layer's `map_segments` (experts.py) and combines the parts
+as it combines one, so a cached layer gives the same numbers as a layer held whole.
 
 `choose_expert_path("auto")` picks per backend: Metal -> kernels over MLX; CPU -> host (large prefill)
 over MLX in float32; CUDA and other GPUs -> MLX in the model's dtype.
