@@ -3,7 +3,7 @@
 The repository root is this package (`gptoss_metal`); each top-level folder is one subpackage with
 one job (see docs/ARCHITECTURE.md):
 
-- `architecture`  the gpt-oss architecture vocabulary (config fields, derived facts); no MLX
+- `architecture`  the gpt-oss vocabulary and checkpoint reading both sides share; no MLX, no numpy
 - `converters`    checkpoint formats -> the runtime layout (streaming, validated, atomic)
 - `metal_runtime` the MLX model, Metal kernels and their MLX twins, KV caches, sampling, generation
 - `harmony_io`    everything harmony: vocab, rendering, exact history, stream parser, OpenAI shapes

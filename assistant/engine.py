@@ -121,13 +121,16 @@ class Engine:
     def load(cls, path: str | Path, dtype: str = "bfloat16", model_id: Optional[str] = None, speculate: bool = True,
              max_sequences: int = 1, cache_slots: Optional[int] = None, kv_budget_bytes: Optional[int] = None,
              group: Optional[DistributedGroup] = None, guard: Optional[RankWatchdog] = None,
-             max_queue: Optional[int] = None) -> "Engine":
+             max_queue: Optional[int] = None, max_memory: Optional[int] = None) -> "Engine":
         """Load a model folder. With `group`, this rank's share of it (its experts, the dense weights),
-        once every rank has loaded its share; the engine then decodes one sequence at a time."""
+        once every rank has loaded its share; the engine then decodes one sequence at a time.
+
+        `max_memory`: bytes the model may hold (None: what the machine allows less the KV budget); a model
+        that does not fit runs with its experts cached (metal_runtime/memory.py), with the same tokens."""
         if group is None:
-            model = load(path, dtype=dtype)
+            model = load(path, dtype=dtype, max_memory=max_memory, kv_reserve=kv_budget_bytes)
         else:
-            model = load_expert_parallel(path, group, dtype=dtype)
+            model = load_expert_parallel(path, group, dtype=dtype, max_memory=max_memory)
             with guard.deadline("waiting for the other ranks to load", LOAD_WAIT_S) if guard else nullcontext():
                 barrier(group)
         return cls(model, model_id or Path(path).name, speculate=speculate, max_sequences=max_sequences,

@@ -19,9 +19,9 @@ import tempfile
 import mlx.core as mx
 
 from gptoss_metal.converters import PRESETS
-from gptoss_metal.metal_runtime.kernels.runtime import KernelSet, metal_executor, twin_experts
-from gptoss_metal.metal_runtime.kernels.twins import route_twin
-from gptoss_metal.metal_runtime.moe import SwitchMXFP4GLU
+from gptoss_metal.metal_runtime.kernels.runtime import KernelSet, metal_executor
+from gptoss_metal.metal_runtime.kernels.twins import route_twin, twin_experts
+from gptoss_metal.metal_runtime.experts import SwitchMXFP4GLU
 
 
 VIEWS = {"Broadcast", "ExpandDims", "Squeeze", "Reshape", "Transpose", "Slice", "AsStrided", "Copy"}
@@ -65,7 +65,7 @@ def main() -> None:
 
     def traced(x, logits):
         kidx, kw = ks._router_call(logits, k)
-        y = ks._experts_call(x, kidx, kw, m)
+        y = ks._experts_call(x, kidx, kw, m, x.dtype)
         kernel_counts["ops"] = count_ops(y)
         return y
 

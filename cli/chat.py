@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .errors import handle_user_errors, user_error_types
-from .generate import DTYPES, EFFORTS, sampling_options
+from .generate import DTYPES, EFFORTS, memory_option, sampling_options
 from .group import Ranks, load_engine, run_command
 from .launch import distributed_option, relaunch
 
@@ -239,24 +239,25 @@ class TerminalChat:
               help="A file or folder the python tool may also read (never write); repeatable.")
 @click.option("--system", default=None, help="Instructions for the model.")
 @click.option("--dtype", type=DTYPES, default="bfloat16", show_default=True)
+@memory_option
 @sampling_options
 @distributed_option
 @handle_user_errors
 def chat_cmd(model_path: str, effort: str, hide_reasoning: bool, python_tool: bool, python_tool_read: tuple[str, ...],
-             system: str | None, dtype: str, max_tokens: int, temperature: float, top_p: float,
-             seed: int | None, no_speculate: bool, hostfile: str | None) -> None:
+             system: str | None, dtype: str, max_memory: int | None, max_tokens: int, temperature: float,
+             top_p: float, seed: int | None, no_speculate: bool, hostfile: str | None) -> None:
     """Chat with the converted model at MODEL_PATH in the terminal.
 
     Spread over several Macs (--distributed or mlx.launch) Ctrl-C ends the session on every Mac.
     """
     relaunch(hostfile)
     run_command(lambda ranks: _chat(ranks, model_path, effort, hide_reasoning, python_tool, python_tool_read, system,
-                                    dtype, max_tokens, temperature, top_p, seed, no_speculate))
+                                    dtype, max_memory, max_tokens, temperature, top_p, seed, no_speculate))
 
 
 def _chat(ranks: Ranks | None, model_path: str, effort: str, hide_reasoning: bool, python_tool: bool,
-          python_tool_read: tuple[str, ...], system: str | None, dtype: str, max_tokens: int, temperature: float,
-          top_p: float, seed: int | None, no_speculate: bool) -> None:
+          python_tool_read: tuple[str, ...], system: str | None, dtype: str, max_memory: int | None, max_tokens: int,
+          temperature: float, top_p: float, seed: int | None, no_speculate: bool) -> None:
     from gptoss_metal.harmony_io import today
     from gptoss_metal.assistant.session import ChatSession
     from gptoss_metal.assistant.tools.python_tool import PythonTool
@@ -266,7 +267,7 @@ def _chat(ranks: Ranks | None, model_path: str, effort: str, hide_reasoning: boo
 
     console = Console(highlight=False)
     with console.status("loading model..."):
-        engine = load_engine(ranks, model_path, dtype=dtype, speculate=not no_speculate)
+        engine = load_engine(ranks, model_path, dtype=dtype, speculate=not no_speculate, max_memory=max_memory)
     tool = PythonTool(read_paths=python_tool_read) if python_tool else False
     session = ChatSession(engine, system=system, effort=effort, python_tool=tool, temperature=temperature,
                           top_p=top_p, max_tokens=max_tokens, seed=seed, current_date=today())

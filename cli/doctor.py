@@ -12,6 +12,7 @@ from rich.table import Table
 from gptoss_metal.architecture import StoredBytes
 
 from .errors import handle_user_errors
+from .generate import memory_option
 from .group import Ranks, run_command
 from .launch import distributed_option, relaunch
 
@@ -31,13 +32,16 @@ def _size(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--retime", is_flag=True, help="Check and race the Metal kernels again instead of using the "
                                              "verdicts stored for this machine and MLX version.")
+@memory_option
 @distributed_option
 @handle_user_errors
-def doctor_cmd(model_path: str | None, as_json: bool, retime: bool, hostfile: str | None) -> None:
+def doctor_cmd(model_path: str | None, as_json: bool, retime: bool, max_memory: int | None,
+               hostfile: str | None) -> None:
     """Platform, MLX backend, Metal kernels (self-tested and raced against the MLX path), vocabulary,
-    memory vs MODEL_PATH; under mlx.launch, the group: size, backend, each rank's experts and memory."""
+    memory vs MODEL_PATH (does it fit, and if not what --max-memory does and what it costs); under
+    mlx.launch, the group: size, backend, each rank's experts and memory."""
     relaunch(hostfile)
-    run_command(lambda ranks: _doctor(ranks, model_path, as_json, retime))
+    run_command(lambda ranks: _doctor(ranks, model_path, as_json, retime, max_memory))
 
 
 def _group_info(ranks: Ranks | None, model_path: str | None) -> dict:
@@ -63,7 +67,28 @@ def _split_projection(summary) -> list[dict]:
             for n in SPLITS if n <= summary.arch.num_local_experts]
 
 
-def _doctor(ranks: Ranks | None, model_path: str | None, as_json: bool, retime: bool) -> None:
+def _memory_plan(summary, model_path: str, max_memory: int | None) -> dict:
+    """Whether the model fits in what it may use, and if not what the expert cache will hold and cost."""
+    from gptoss_metal.metal_runtime.bench import APPLE_SSD_READ_GBS, ssd_bound_tps
+    from gptoss_metal.metal_runtime.loading import memory_plan
+    from gptoss_metal.metal_runtime.memory import default_budget
+
+    from gptoss_metal.metal_runtime.errors import ModelLoadError
+
+    budget, source = (max_memory, "--max-memory") if max_memory is not None else default_budget(summary.arch)
+    try:
+        plan = memory_plan(model_path, "bfloat16", budget)
+    except ModelLoadError as e:  # too little memory even with the experts cached: say so, do not fail
+        return {"budget": budget, "budget_source": source, "fits": False, "error": str(e)}
+    disk = plan.expected_disk_bytes_per_token()
+    return {"budget": budget, "budget_source": source, "fits": plan.fits, "whole_bytes": plan.whole,
+            "resident_bytes": plan.resident, "dense_bytes": plan.dense, "embedding_bytes": plan.embedding,
+            "slots": plan.slots, "experts": plan.num_experts, "segment": plan.segment,
+            "disk_bytes_per_token": disk, "ssd_gbs": APPLE_SSD_READ_GBS, "ssd_bound_tps": ssd_bound_tps(disk)}
+
+
+def _doctor(ranks: Ranks | None, model_path: str | None, as_json: bool, retime: bool,
+            max_memory: int | None = None) -> None:
     import os
 
     from gptoss_metal.harmony_io import HarmonyIOError, vocab_status
@@ -85,8 +110,11 @@ def _doctor(ranks: Ranks | None, model_path: str | None, as_json: bool, retime: 
         info["model"] = {"path": str(s.directory), "layout": s.layout, "tensor_bytes": s.tensor_bytes,
                          "bytes_per_decoded_token": s.bytes_per_token, "expert_bytes": s.expert_bytes,
                          "split": _split_projection(s)}
-        mem = info["memory_bytes"]
-        info["model"]["fits"] = None if mem is None else s.tensor_bytes < 0.75 * mem
+        if s.layout == "runtime":
+            info["model"]["memory"] = _memory_plan(s, model_path, max_memory)
+            info["model"]["fits"] = info["model"]["memory"]["fits"]
+        else:
+            info["model"]["fits"] = None  # the loader reads converted folders only
     try:
         from gptoss_metal.assistant.tools.python_tool import PythonTool
 
@@ -114,12 +142,30 @@ def _doctor(ranks: Ranks | None, model_path: str | None, as_json: bool, retime: 
     t.add_row("memory", _gb(info["memory_bytes"]))
     if "model" in info:
         m = info["model"]
-        verdict = {True: "[green]fits[/]", False: "[red]too large for comfortable use[/]", None: ""}[m["fits"]]
-        t.add_row("model", f"{m['path']} ({m['layout']}): {_gb(m['tensor_bytes'])} {verdict}; "
+        t.add_row("model", f"{m['path']} ({m['layout']}): {_gb(m['tensor_bytes'])}; "
                            f"{m['bytes_per_decoded_token'] / 1e9:.2f} GB read per decoded token")
+        t.add_row("fits?", _fit_text(m))
     t.add_row("python tool", "\n".join(escape(line) for line in info["python_tool"]))
     _group_rows(t, info)
     Console().print(t)
+
+
+def _fit_text(m: dict) -> str:
+    if m["fits"] is None:
+        return "convert it first (`gptoss convert`): the memory plan is for converted folders"
+    p = m["memory"]
+    if "error" in p:
+        return f"[red]no, not even with its experts cached[/]: {escape(p['error'])}"
+    allowed = f"{_gb(p['budget'])} allowed ({escape(p['budget_source'])})"
+    if p["fits"]:
+        return f"[green]yes[/]: {_gb(p['whole_bytes'])} whole in {allowed}"
+    ceiling = f"at most ~{p['ssd_bound_tps']:.0f} tok/s" if p["disk_bytes_per_token"] else "no disk reads"
+    return (f"[yellow]no, runs with its experts cached[/]: {_gb(p['whole_bytes'])} whole, {allowed}. Resident: "
+            f"{_gb(p['dense_bytes'])} of dense weights at full precision (the {_gb(p['embedding_bytes'])} embedding "
+            f"table read on demand) + {p['slots']} of {p['experts']} experts per layer, {_gb(p['resident_bytes'])} in "
+            f"all. Cost: ~{p['disk_bytes_per_token'] / 1e6:.0f} MB read from disk per decoded token if routing were "
+            f"uniform (fewer where experts repeat), so {ceiling} from a {p['ssd_gbs']} GB/s SSD (Apple's published "
+            "rate); the same tokens as in memory. Another budget: --max-memory GB")
 
 
 def _group_rows(t: Table, info: dict) -> None:

@@ -21,6 +21,17 @@ EFFORTS = click.Choice(list(REASONING_EFFORTS))
 DTYPES = click.Choice(["bfloat16", "float32"])
 
 
+def memory_option(fn):
+    """`--max-memory GB`: passed on as bytes (`max_memory`), None for what the machine allows."""
+    return click.option(
+        "--max-memory", "max_memory", type=click.FloatRange(0, min_open=True), default=None, metavar="GB",
+        callback=lambda ctx, param, gb: None if gb is None else int(gb * 2**30),
+        help="Memory the model may use, in GiB [default: what the machine allows: Metal's recommended working "
+             "set on a Mac, available RAM elsewhere, less the KV budget]. A model that does not fit keeps its "
+             "dense weights and a cache of its experts in memory and reads the rest from disk: the same tokens, "
+             "slower. `gptoss doctor MODEL` says what it will do.")(fn)
+
+
 def sampling_options(fn):
     for opt in reversed([
         click.option("--max-tokens", type=click.IntRange(1), default=1024, show_default=True),
@@ -42,25 +53,26 @@ def sampling_options(fn):
 @click.option("--effort", type=EFFORTS, default="medium", show_default=True, help="Reasoning effort.")
 @click.option("--show-reasoning", is_flag=True, help="Also print the model's reasoning (to stderr).")
 @click.option("--dtype", type=DTYPES, default="bfloat16", show_default=True)
+@memory_option
 @sampling_options
 @distributed_option
 @handle_user_errors
 def generate_cmd(model_path: str, prompt: str, system: str | None, effort: str, show_reasoning: bool, dtype: str,
-                 max_tokens: int, temperature: float, top_p: float, seed: int | None, no_speculate: bool,
-                 hostfile: str | None) -> None:
+                 max_memory: int | None, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+                 no_speculate: bool, hostfile: str | None) -> None:
     """Answer one PROMPT with the converted model at MODEL_PATH, streaming the final answer to stdout."""
     relaunch(hostfile)
-    run_command(lambda ranks: _generate(ranks, model_path, prompt, system, effort, show_reasoning, dtype, max_tokens,
-                                        temperature, top_p, seed, no_speculate))
+    run_command(lambda ranks: _generate(ranks, model_path, prompt, system, effort, show_reasoning, dtype, max_memory,
+                                        max_tokens, temperature, top_p, seed, no_speculate))
 
 
 def _generate(ranks: Ranks | None, model_path: str, prompt: str, system: str | None, effort: str,
-              show_reasoning: bool, dtype: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
-              no_speculate: bool) -> None:
+              show_reasoning: bool, dtype: str, max_memory: int | None, max_tokens: int, temperature: float,
+              top_p: float, seed: int | None, no_speculate: bool) -> None:
     from gptoss_metal.harmony_io import PreambleDelta, ReasoningDelta, TextDelta, render_prompt, today
     from gptoss_metal.metal_runtime import GenerationStats
 
-    engine = load_engine(ranks, model_path, dtype=dtype, speculate=not no_speculate)
+    engine = load_engine(ranks, model_path, dtype=dtype, speculate=not no_speculate, max_memory=max_memory)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     tokens = render_prompt(messages, reasoning_effort=effort, current_date=today())
     stats = GenerationStats()

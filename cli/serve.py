@@ -17,7 +17,7 @@ from gptoss_metal.server.limits import DEFAULT_MAX_BODY_BYTES
 from gptoss_metal.server.security import WILDCARD_HOSTS
 
 from .errors import handle_user_errors
-from .generate import DTYPES
+from .generate import DTYPES, memory_option
 from .group import Ranks, load_engine, run_command
 from .launch import distributed_option, relaunch
 
@@ -68,7 +68,7 @@ def server_options(fn: Callable) -> Callable:
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return memory_option(fn)
 
 
 def _url(host: str, port: int) -> str:
@@ -94,7 +94,7 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
                page_temperature: float, open_browser: bool, max_sequences: int = 4,
                kv_budget_gb: Optional[float] = None, no_speculate: bool = False,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log_level: str = "info",
-               ranks: Optional[Ranks] = None) -> None:
+               max_memory: Optional[int] = None, ranks: Optional[Ranks] = None) -> None:
     from gptoss_metal.server.assembly import assemble
     from gptoss_metal.server.lifecycle import serve
 
@@ -109,7 +109,8 @@ def run_server(model_path: str, host: str, port: int, api_key: Optional[str], mo
         budget = int(kv_budget_gb * 2**30) if kv_budget_gb else (ram // 4 if ram else None)
         # over ranks, rank 0 serves one request at a time (Engine forces one sequence, one cache); the others follow
         engine = load_engine(ranks, model_path, dtype=dtype, model_id=model_id, cache_slots=cache_slots,
-                             max_sequences=max_sequences, kv_budget_bytes=budget, speculate=not no_speculate)
+                             max_sequences=max_sequences, kv_budget_bytes=budget, speculate=not no_speculate,
+                             max_memory=max_memory)
     server = assemble(engine, data_dir=data_dir, api_key=api_key, bind=host, allow_hosts=allow_host,
                       allow_origins=allow_origin, aliases=alias, max_queue=max_queue, max_tokens=max_tokens,
                       page_temperature=page_temperature, max_body_bytes=max_body_bytes)

@@ -4,12 +4,12 @@ Imports neither metal_runtime nor harmony_io (DESIGN.md: arrows point one way). 
 lazily, for `--quantize-dense`.
 """
 
+from gptoss_metal.architecture import Architecture
+
 from .checkpoint import Checkpoint, open_checkpoint
 from .convert import ConversionResult, convert
 from .errors import ConversionError
 from .inspect import CheckpointSummary, inspect_checkpoint
-from gptoss_metal.architecture import Architecture
-
 from .layouts import HF, ORIGINAL, RUNTIME
 from .presets import PRESETS
 from .synth import synth

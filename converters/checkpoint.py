@@ -10,18 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConversionError
-from gptoss_metal.architecture import Architecture, affine_experts, foreign_model_type, foreign_weights
-
-from .layouts import (
-    RUNTIME,
-    Expected,
-    arch_for_layout,
-    detect_layout,
-    expected_for_layout,
+from gptoss_metal.architecture import (
+    Architecture,
+    StoredTensor,
+    affine_experts,
+    architecture_from_config,
+    foreign_model_type,
+    foreign_weights,
+    quantization_overrides,
     read_config,
 )
-from .safetensors_io import StoredTensor, collect_tensors
+
+from .errors import ConversionError, reported
+from .layouts import ORIGINAL, RUNTIME, Expected, detect_layout, layout_table
+from .safetensors_io import collect_tensors
 
 MAX_LISTED = 8
 
@@ -63,7 +65,8 @@ def open_checkpoint(path: Path) -> Checkpoint:
         problem = foreign_weights(directory)  # a GGUF or PyTorch download, said as such
         if problem:
             raise ConversionError(problem)
-    cfg = read_config(directory)
+    with reported():
+        cfg = read_config(directory)
     problem = foreign_model_type(cfg, str(directory / "config.json"))
     if problem:
         raise ConversionError(problem)
@@ -77,8 +80,9 @@ def open_checkpoint(path: Path) -> Checkpoint:
             f"{directory}: unrecognised checkpoint layout (expected OpenAI original/, Hugging Face "
             f"gpt_oss, or MLX gpt_oss tensor names; found e.g. {_listing(sorted(tensors)[:3])})"
         )
-    arch = arch_for_layout(layout, cfg, str(directory / "config.json"))
-    expected = expected_for_layout(layout, arch, cfg)
+    with reported():
+        arch = architecture_from_config(cfg, str(directory / "config.json"), original=layout == ORIGINAL)
+    expected = layout_table(layout, arch, quantization_overrides(cfg))
     want = {e.name: e for e in expected}
     missing = [n for n in want if n not in tensors]
     if missing:

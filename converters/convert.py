@@ -109,9 +109,10 @@ def convert(
     ck = open_checkpoint(source)
     quant = _quant_targets(ck, quantize_dense)
     out_config = runtime_config(ck, quant)
-    plan = plan_conversion(ck.layout, ck.arch, ck.expected, ck.tensors, quant)
+    runtime = expected_runtime(ck.arch, quantization_overrides(out_config))
+    plan = plan_conversion(ck.expected, runtime, ck.tensors, quant)
     # One canonical tensor order, whatever the source layout: same weights -> identical files.
-    order = {e.name: i for i, e in enumerate(expected_runtime(ck.arch, quantization_overrides(out_config)))}
+    order = {e.name: i for i, e in enumerate(runtime)}
     outputs = sorted((spec for tr in plan for spec in tr.outputs), key=lambda s: order[s.name])
     total_read = sum(tr.read_bytes for tr in plan)
     result = ConversionResult(source=ck.directory, layout=ck.layout, destination=dst, quantized_modules=len(quant))

@@ -17,11 +17,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from gptoss_metal.architecture import Architecture
+from gptoss_metal.architecture import StoredTensor, TensorSpec
 
 from .errors import ConversionError
-from .layouts import HF, ORIGINAL, RUNTIME, Expected
-from .safetensors_io import StoredTensor, TensorSpec, iter_chunks, read_range
+from .layouts import DEINTERLEAVE, FLOAT, ROWS, Expected
+from .safetensors_io import iter_chunks, read_range
 
 CHUNK_BYTES = 32 * 1024 * 1024
 
@@ -135,57 +135,25 @@ def run_transfer(tr: Transfer) -> Iterator[Write]:
 
 
 # -- planning ----------------------------------------------------------------------------
+#
+# The plan is derived from the source layout's table (layouts.py): each row names the runtime
+# tensors it becomes and how; the runtime table says what those look like.
 
 
-def _spec(name: str, dtype: str, shape: tuple[int, ...]) -> TensorSpec:
-    return TensorSpec(name, dtype, tuple(int(d) for d in shape))
+def _output(name: str, src: StoredTensor, runtime: dict[str, Expected]) -> TensorSpec:
+    """The spec a runtime tensor is written with: the runtime table's, a float keeping the source's dtype."""
+    want = runtime[name]
+    return TensorSpec(name, src.spec.dtype if want.dtype == FLOAT else want.dtype, want.shape)
 
 
-def _blocks_as_u32(name: str, src: StoredTensor, rows: int) -> TensorSpec:
-    e, _, nb, _ = src.spec.shape
-    return _spec(name, "U32", (e, rows, nb * 4))
-
-
-def _plan_experts(arch: Architecture, srcs: dict[str, StoredTensor], prefix: str, names: dict[str, str]) -> list[Transfer]:
-    """mlp1/gate_up (interleaved) and mlp2/down tensors of one layer -> runtime experts."""
-    I = arch.intermediate_size  # noqa: E741
-    x = f"{prefix}.mlp.experts"
-    s = {k: srcs[v] for k, v in names.items()}
-    up_dtype = s["gu_bias"].spec.dtype
-    e = arch.num_local_experts
-    return [
-        Transfer(s["gu_blocks"], "blocks", "deinterleave", (
-            _blocks_as_u32(f"{x}.gate_proj.weight", s["gu_blocks"], I),
-            _blocks_as_u32(f"{x}.up_proj.weight", s["gu_blocks"], I))),
-        Transfer(s["gu_scales"], "scales", "deinterleave", (
-            _spec(f"{x}.gate_proj.scales", "U8", (e, I, s["gu_scales"].spec.shape[2])),
-            _spec(f"{x}.up_proj.scales", "U8", (e, I, s["gu_scales"].spec.shape[2])))),
-        Transfer(s["gu_bias"], "dense", "deinterleave", (
-            _spec(f"{x}.gate_proj.bias", up_dtype, (e, I)),
-            _spec(f"{x}.up_proj.bias", up_dtype, (e, I)))),
-        Transfer(s["d_blocks"], "blocks", "copy", (
-            _blocks_as_u32(f"{x}.down_proj.weight", s["d_blocks"], arch.hidden_size),)),
-        Transfer(s["d_scales"], "scales", "copy", (
-            _spec(f"{x}.down_proj.scales", "U8", s["d_scales"].spec.shape),)),
-        Transfer(s["d_bias"], "dense", "copy", (
-            _spec(f"{x}.down_proj.bias", s["d_bias"].spec.dtype, s["d_bias"].spec.shape),)),
-    ]
-
-
-def _dense(src: StoredTensor, out_name: str, quant: dict[str, int]) -> Transfer:
-    """A float weight copied as is, or affine-quantized when its module is in `quant`."""
+def _dense(src: StoredTensor, out_name: str, quant: dict[str, int], runtime: dict[str, Expected]) -> Transfer:
+    """A float tensor copied as is, or affine-quantized when its module is in `quant`."""
     module = out_name.rsplit(".", 1)[0]
     bits = quant.get(module)
     if bits and out_name.endswith(".weight"):
-        rows, cols = src.spec.shape
-        from .layouts import DENSE_QUANT_GROUP as gs
-
-        return Transfer(src, "dense", "quantize", (
-            _spec(out_name, "U32", (rows, cols * bits // 32)),
-            _spec(f"{module}.scales", src.spec.dtype, (rows, cols // gs)),
-            _spec(f"{module}.biases", src.spec.dtype, (rows, cols // gs)),
-        ), quant_bits=bits)
-    return Transfer(src, "dense", "copy", (_spec(out_name, src.spec.dtype, src.spec.shape),))
+        outputs = tuple(_output(f"{module}.{part}", src, runtime) for part in ("weight", "scales", "biases"))
+        return Transfer(src, "dense", "quantize", outputs, quant_bits=bits)
+    return Transfer(src, "dense", "copy", (_output(out_name, src, runtime),))
 
 
 def _row_views(src: StoredTensor, row_counts: tuple[int, ...]) -> list[StoredTensor]:
@@ -193,85 +161,31 @@ def _row_views(src: StoredTensor, row_counts: tuple[int, ...]) -> list[StoredTen
 
     The views keep the source's name (with the row range) so errors point at the real tensor.
     """
-    row_bytes = src.spec.nbytes // src.spec.shape[0]
     views, row = [], 0
     for count in row_counts:
         spec = TensorSpec(f"{src.name}[rows {row}:{row + count}]", src.spec.dtype, (count, *src.spec.shape[1:]))
-        views.append(StoredTensor(spec, src.path, src.offset + row * row_bytes))
+        views.append(StoredTensor(spec, src.path, src.rows_offset(row)))
         row += count
     return views
 
 
-def plan_original(arch: Architecture, srcs: dict[str, StoredTensor], quant: dict[str, int]) -> list[Transfer]:
-    hd = arch.head_dim
-    q_rows, kv_rows = arch.num_attention_heads * hd, arch.num_key_value_heads * hd
-    plan = [_dense(srcs["embedding.weight"], "model.embed_tokens.weight", quant)]
-    for n in range(arch.num_hidden_layers):
-        b, p = f"block.{n}", f"model.layers.{n}"
-        a = f"{p}.self_attn"
-        q_w, k_w, v_w = _row_views(srcs[f"{b}.attn.qkv.weight"], (q_rows, kv_rows, kv_rows))
-        q_b, k_b, v_b = _row_views(srcs[f"{b}.attn.qkv.bias"], (q_rows, kv_rows, kv_rows))
-        plan += [
-            _dense(srcs[f"{b}.attn.norm.scale"], f"{p}.input_layernorm.weight", {}),
-            _dense(q_w, f"{a}.q_proj.weight", quant),
-            _dense(k_w, f"{a}.k_proj.weight", quant),
-            _dense(v_w, f"{a}.v_proj.weight", quant),
-            _dense(q_b, f"{a}.q_proj.bias", {}),
-            _dense(k_b, f"{a}.k_proj.bias", {}),
-            _dense(v_b, f"{a}.v_proj.bias", {}),
-            _dense(srcs[f"{b}.attn.sinks"], f"{a}.sinks", {}),
-            _dense(srcs[f"{b}.attn.out.weight"], f"{a}.o_proj.weight", quant),
-            _dense(srcs[f"{b}.attn.out.bias"], f"{a}.o_proj.bias", {}),
-            _dense(srcs[f"{b}.mlp.norm.scale"], f"{p}.post_attention_layernorm.weight", {}),
-            _dense(srcs[f"{b}.mlp.gate.weight"], f"{p}.mlp.router.weight", {}),
-            _dense(srcs[f"{b}.mlp.gate.bias"], f"{p}.mlp.router.bias", {}),
-        ]
-        plan += _plan_experts(arch, srcs, p, {
-            "gu_blocks": f"{b}.mlp.mlp1_weight.blocks", "gu_scales": f"{b}.mlp.mlp1_weight.scales",
-            "gu_bias": f"{b}.mlp.mlp1_bias", "d_blocks": f"{b}.mlp.mlp2_weight.blocks",
-            "d_scales": f"{b}.mlp.mlp2_weight.scales", "d_bias": f"{b}.mlp.mlp2_bias",
-        })
-    plan += [
-        _dense(srcs["norm.scale"], "model.norm.weight", {}),
-        _dense(srcs["unembedding.weight"], "lm_head.weight", quant),
-    ]
-    return plan
-
-
-def plan_hf(arch: Architecture, srcs: dict[str, StoredTensor], quant: dict[str, int]) -> list[Transfer]:
-    plan: list[Transfer] = []
-    for name, src in srcs.items():
-        if ".mlp.experts." in name:
-            continue
-        plan.append(_dense(src, name, quant))
-    for n in range(arch.num_hidden_layers):
-        x = f"model.layers.{n}.mlp.experts"
-        plan += _plan_experts(arch, srcs, f"model.layers.{n}", {
-            "gu_blocks": f"{x}.gate_up_proj_blocks", "gu_scales": f"{x}.gate_up_proj_scales",
-            "gu_bias": f"{x}.gate_up_proj_bias", "d_blocks": f"{x}.down_proj_blocks",
-            "d_scales": f"{x}.down_proj_scales", "d_bias": f"{x}.down_proj_bias",
-        })
-    return plan
-
-
-def plan_runtime(expected: list[Expected], srcs: dict[str, StoredTensor], quant: dict[str, int]) -> list[Transfer]:
-    """Runtime -> runtime: copies (re-validated, re-sharded), optionally quantizing dense layers."""
-    plan = []
-    for exp in expected:
-        src = srcs[exp.name]
-        if exp.role == "dense":
-            plan.append(_dense(src, exp.name, quant))
-        else:
-            plan.append(Transfer(src, exp.role, "copy", (src.spec,)))
-    return plan
+def _transfers(row: Expected, src: StoredTensor, quant: dict[str, int], runtime: dict[str, Expected]) -> list[Transfer]:
+    if row.how == DEINTERLEAVE:
+        return [Transfer(src, row.role, "deinterleave", tuple(_output(t, src, runtime) for t in row.targets))]
+    if row.how == ROWS:
+        views = _row_views(src, tuple(runtime[t].shape[0] for t in row.targets))
+        return [_dense(view, target, quant, runtime) for view, target in zip(views, row.targets)]
+    (target,) = row.outputs
+    if row.role == "dense":
+        return [_dense(src, target, quant, runtime)]
+    return [Transfer(src, row.role, "copy", (_output(target, src, runtime),))]
 
 
 def plan_conversion(
-    layout: str, arch: Architecture, expected: list[Expected], srcs: dict[str, StoredTensor], quant: dict[str, int]
+    table: list[Expected], runtime: list[Expected], srcs: dict[str, StoredTensor], quant: dict[str, int]
 ) -> list[Transfer]:
-    if layout == ORIGINAL:
-        return plan_original(arch, srcs, quant)
-    if layout == HF:
-        return plan_hf(arch, srcs, quant)
-    assert layout == RUNTIME
-    return plan_runtime(expected, srcs, quant)
+    """Transfers turning the tensors of a source layout (`table`, found in `srcs`) into the runtime
+    layout (`runtime`: its table with the quantization the output will have), quantizing `quant`'s
+    modules to their bits on the way."""
+    out = {row.name: row for row in runtime}
+    return [tr for row in table for tr in _transfers(row, srcs[row.name], quant, out)]

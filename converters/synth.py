@@ -22,13 +22,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from gptoss_metal.architecture import MXFP4_GROUP, Architecture, TensorSpec
+
 from .atomic import atomic_directory
 from .errors import ConversionError
-from gptoss_metal.architecture import MXFP4_GROUP, Architecture
-
-from .layouts import HF, ORIGINAL
+from .layouts import HF, ORIGINAL, layout_table
 from .presets import HF_SHARD_BYTES, PRESETS
-from .safetensors_io import ShardedWriter, TensorSpec
+from .safetensors_io import ShardedWriter
 
 CHUNK_BYTES = 16 * 2**20
 FP4_RMS = math.sqrt(sum(v * v for v in (0, 0.5, 1, 1.5, 2, 3, 4, 6)) / 8)  # rms of a uniform FP4 code
@@ -128,59 +128,19 @@ def logical_params(a: Architecture) -> dict[str, Param]:
     return {p.key: p for p in ps}
 
 
+def layout_tensors(layout: str, a: Architecture) -> list[tuple[str, list[str]]]:
+    """(tensor name, logical parameters concatenated along rows) of a layout, from its table."""
+    return [(row.name, list(row.params)) for row in layout_table(layout, a, {})]
+
+
 def original_tensors(a: Architecture) -> list[tuple[str, list[str]]]:
-    """(tensor name, logical parameters concatenated along rows) for OpenAI's original/ layout."""
-    out = [("embedding.weight", ["embedding"])]
-    for n in range(a.num_hidden_layers):
-        b, L = f"block.{n}", f"L{n}."
-        out += [
-            (f"{b}.attn.norm.scale", [L + "attn_norm"]),
-            (f"{b}.attn.qkv.weight", [L + "q_w", L + "k_w", L + "v_w"]),
-            (f"{b}.attn.qkv.bias", [L + "q_b", L + "k_b", L + "v_b"]),
-            (f"{b}.attn.sinks", [L + "sinks"]),
-            (f"{b}.attn.out.weight", [L + "o_w"]),
-            (f"{b}.attn.out.bias", [L + "o_b"]),
-            (f"{b}.mlp.norm.scale", [L + "mlp_norm"]),
-            (f"{b}.mlp.gate.weight", [L + "router_w"]),
-            (f"{b}.mlp.gate.bias", [L + "router_b"]),
-            (f"{b}.mlp.mlp1_weight.blocks", [L + "mlp1_blocks"]),
-            (f"{b}.mlp.mlp1_weight.scales", [L + "mlp1_scales"]),
-            (f"{b}.mlp.mlp1_bias", [L + "mlp1_bias"]),
-            (f"{b}.mlp.mlp2_weight.blocks", [L + "mlp2_blocks"]),
-            (f"{b}.mlp.mlp2_weight.scales", [L + "mlp2_scales"]),
-            (f"{b}.mlp.mlp2_bias", [L + "mlp2_bias"]),
-        ]
-    return out + [("norm.scale", ["norm"]), ("unembedding.weight", ["unembedding"])]
+    """(tensor name, logical parameters) for OpenAI's original/ layout."""
+    return layout_tensors(ORIGINAL, a)
 
 
 def hf_tensors(a: Architecture) -> list[tuple[str, list[str]]]:
     """(tensor name, logical parameters) for the Hugging Face layout."""
-    out = [("model.embed_tokens.weight", ["embedding"])]
-    for n in range(a.num_hidden_layers):
-        p, L = f"model.layers.{n}", f"L{n}."
-        x = f"{p}.mlp.experts"
-        out += [
-            (f"{p}.input_layernorm.weight", [L + "attn_norm"]),
-            (f"{p}.self_attn.q_proj.weight", [L + "q_w"]),
-            (f"{p}.self_attn.q_proj.bias", [L + "q_b"]),
-            (f"{p}.self_attn.k_proj.weight", [L + "k_w"]),
-            (f"{p}.self_attn.k_proj.bias", [L + "k_b"]),
-            (f"{p}.self_attn.v_proj.weight", [L + "v_w"]),
-            (f"{p}.self_attn.v_proj.bias", [L + "v_b"]),
-            (f"{p}.self_attn.o_proj.weight", [L + "o_w"]),
-            (f"{p}.self_attn.o_proj.bias", [L + "o_b"]),
-            (f"{p}.self_attn.sinks", [L + "sinks"]),
-            (f"{p}.post_attention_layernorm.weight", [L + "mlp_norm"]),
-            (f"{p}.mlp.router.weight", [L + "router_w"]),
-            (f"{p}.mlp.router.bias", [L + "router_b"]),
-            (f"{x}.gate_up_proj_blocks", [L + "mlp1_blocks"]),
-            (f"{x}.gate_up_proj_scales", [L + "mlp1_scales"]),
-            (f"{x}.gate_up_proj_bias", [L + "mlp1_bias"]),
-            (f"{x}.down_proj_blocks", [L + "mlp2_blocks"]),
-            (f"{x}.down_proj_scales", [L + "mlp2_scales"]),
-            (f"{x}.down_proj_bias", [L + "mlp2_bias"]),
-        ]
-    return out + [("model.norm.weight", ["norm"]), ("lm_head.weight", ["unembedding"])]
+    return layout_tensors(HF, a)
 
 
 def hf_config_json(a: Architecture) -> dict:

@@ -31,6 +31,11 @@ APPLE_BANDWIDTH_GBS: dict[str, float] = {
     "M5": 153,
 }
 
+# Apple's published SSD read rate ("up to", the 2021 MacBook Pro and 2022 Mac Studio announcements): the
+# parameter of the bigger-than-memory projections. Apple publishes no rate for other Macs; smaller SSDs of
+# base models read more slowly.
+APPLE_SSD_READ_GBS = 7.4
+
 
 @dataclass
 class BytesPerToken:
@@ -44,8 +49,13 @@ class BytesPerToken:
 
 
 def bytes_per_decoded_token(model: Model, context: int, kv_dtype=mx.bfloat16) -> BytesPerToken:
-    """From the weights actually loaded: experts x k/E, one embedding row, everything else once."""
-    tensors = ((name, p.nbytes) for name, p in nn.utils.tree_flatten(model.parameters()))
+    """From the weights actually loaded: experts x k/E, one embedding row, everything else once (experts
+    in a cache count as stored: a decoded token reads k of them per layer, from the cache or the disk)."""
+    tensors = [(name, p.nbytes) for name, p in nn.utils.tree_flatten(model.parameters())]
+    cache = model.expert_cache
+    if cache is not None:
+        tensors += [(f"model.layers.{n}.mlp.experts.{name}", t.spec.nbytes)
+                    for n, layer in enumerate(cache.stored) for name, t in layer.items()]
     weights = architecture.bytes_per_decoded_token(tensors, model.args)
     return BytesPerToken(weights, model.args.kv_bytes(context, kv_dtype.size), context)
 
@@ -53,6 +63,11 @@ def bytes_per_decoded_token(model: Model, context: int, kv_dtype=mx.bfloat16) ->
 def projected_decode_tps(bytes_per_token: int) -> dict[str, float]:
     """Upper bound: bandwidth / bytes per token (compute, launches and sampling ignored)."""
     return {chip: bw * 1e9 / bytes_per_token for chip, bw in APPLE_BANDWIDTH_GBS.items()}
+
+
+def ssd_bound_tps(disk_bytes_per_token: float, read_gbs: float = APPLE_SSD_READ_GBS) -> float:
+    """Upper bound on decode tok/s when every token reads `disk_bytes_per_token` from an SSD of `read_gbs`."""
+    return float("inf") if disk_bytes_per_token <= 0 else read_gbs * 1e9 / disk_bytes_per_token
 
 
 def peak_rss_bytes() -> int:
@@ -80,6 +95,7 @@ class BenchResult:
     bytes_per_token: dict = field(default_factory=dict)
     projected_decode_tps: dict = field(default_factory=dict)
     backend: str = ""
+    expert_cache: Optional[dict] = None  # when the model's experts are cached: its settings and what decode cost
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +110,9 @@ def run_bench(model: Model, prompt_tokens: int, gen_tokens: int, seed: int = 0) 
     list(generate(model, prompt[:8], max_tokens=2, temperature=0.0))
     if hasattr(mx, "reset_peak_memory"):
         mx.reset_peak_memory()
+    cache = model.expert_cache
+    if cache is not None:
+        cache.stats = type(cache.stats)()
     stats = GenerationStats()
     n = sum(1 for _ in generate(model, prompt, max_tokens=gen_tokens, temperature=0.0, stats=stats))
     assert n == gen_tokens
@@ -105,4 +124,14 @@ def run_bench(model: Model, prompt_tokens: int, gen_tokens: int, seed: int = 0) 
         peak_mlx_bytes=peak_mlx, bytes_per_token={"weights": bpt.weights, "kv": bpt.kv, "context": bpt.context,
                                                    "total": bpt.total},
         projected_decode_tps=projected_decode_tps(bpt.total), backend=backend_name(),
+        expert_cache=None if cache is None else cache_report(cache, max(1, gen_tokens - 1)),
     )
+
+
+def cache_report(cache, decoded_tokens: int) -> dict:
+    """What an expert cache held and what the decoded tokens cost it (hit rate, bytes from disk)."""
+    s = cache.stats
+    return {"slots": cache.settings.slots, "segment": cache.settings.segment, "policy": cache.settings.policy,
+            "prefetch": cache.settings.prefetch, "resident_bytes": cache.resident_bytes, "hit_rate": s.hit_rate,
+            "disk_bytes_per_token": s.decode_bytes / decoded_tokens, "prefill_disk_bytes": s.segment_bytes,
+            "embedding_bytes": s.embedding_bytes, "prefetched": s.prefetched, "prefetch_used": s.prefetch_used}

@@ -9,8 +9,9 @@ from typing import Any, Optional
 import mlx.core as mx
 
 from .backend import backend_name
+from .experts import SwitchMXFP4GLU
 from .kernels.runtime import KernelSet
-from .moe import SwitchMXFP4GLU
+from .kernels.twins import route_twin, twin_experts
 
 
 def total_memory_bytes() -> Optional[int]:
@@ -35,8 +36,8 @@ def kernel_self_test(kernels: KernelSet) -> dict[str, str]:
     if kernels.active:
         layer = probe_layer()
         x = mx.random.normal((1, layer.gate_proj.weight.shape[-1] * 8))
-        idx, w = kernels.route(mx.random.normal((1, layer.num_experts)), 4)
-        mx.eval(kernels.experts(x, idx, w, layer))
+        idx, w = kernels.route(mx.random.normal((1, layer.num_experts)), 4, fallback=route_twin)
+        mx.eval(kernels.experts(x, idx, w, layer, fallback=twin_experts))
     return kernels.status()
 
 

@@ -33,10 +33,10 @@ from gptoss_metal.architecture import is_expert_tensor
 from .bench import peak_rss_bytes
 from .config import read_model_config
 from .errors import RuntimeUserError
-from .expert_paths import ExpertPath, choose_expert_path
+from .expert_paths import choose_expert_path
+from .experts import ExpertPath, SwitchMXFP4GLU
 from .loading import load
 from .model import Model
-from .moe import SwitchMXFP4GLU
 from .sampling import SamplerState
 
 COMPACT_MIN_ROWS = 16  # tokens from which a MoE block computes only this rank's (token, expert) pairs
@@ -280,7 +280,7 @@ class ExpertParallelPath:
 
 
 def load_expert_parallel(path: Union[str, Path], group: DistributedGroup, dtype: str = "bfloat16",
-                         experts: Union[str, ExpertPath, None] = None) -> Model:
+                         experts: Union[str, ExpertPath, None] = None, max_memory: Optional[int] = None) -> Model:
     """This rank's model: the dense weights and its block of every layer's experts, nothing more read."""
     args, _ = read_model_config(Path(path).expanduser())
     n = args.num_local_experts
@@ -290,7 +290,7 @@ def load_expert_parallel(path: Union[str, Path], group: DistributedGroup, dtype:
     first, last = args.expert_split(group.size)[group.rank]  # contiguous blocks, sizes differ by <= 1
     inner = experts if experts is not None and not isinstance(experts, str) else choose_expert_path(experts)
     return load(path, dtype=dtype, experts=ExpertParallelPath(inner, group, first, last),
-                expert_slice=(first, last))
+                expert_slice=(first, last), max_memory=max_memory)
 
 
 def held_bytes(model: Model) -> tuple[int, int]:

@@ -3,6 +3,12 @@
 The CLI and server show these without a traceback; anything else escaping the runtime is a bug.
 """
 
+from __future__ import annotations
+
+from typing import ContextManager
+
+from gptoss_metal.architecture import reported_as
+
 
 class RuntimeUserError(Exception):
     """Base of errors a user (or an API client) can cause."""
@@ -22,3 +28,8 @@ class CacheError(RuntimeUserError):
 
 class GenerationError(RuntimeUserError):
     """Invalid generation parameters (temperature, top_p, max_tokens, empty prompt)."""
+
+
+def reported() -> ContextManager[None]:
+    """The shared checkpoint reader's `CheckpointError`s, raised as `ModelLoadError`s (message unchanged)."""
+    return reported_as(ModelLoadError)

@@ -10,6 +10,11 @@
   BLAS (the CPU wheel's MXFP4 matmul is a scalar loop); decode and small batches go to its inner path.
 - `KernelPath`: the Metal kernels for decode (<= 8 tokens) where they passed their self-test, its
   inner path otherwise.
+- `CachedExpertsPath`: any of these over a model whose experts live in a bounded cache (the loader
+  wraps the chosen path): each layer hears its MoE input first, to read the next layer's ahead.
+
+Every path reads its experts through the layer's `map_segments` (experts.py) and combines the parts
+as it combines one, so a cached layer gives the same numbers as a layer held whole.
 
 `choose_expert_path("auto")` picks per backend: Metal -> kernels over MLX; CPU -> host (large prefill)
 over MLX in float32; CUDA and other GPUs -> MLX in the model's dtype.
@@ -19,36 +24,20 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional
 
 import mlx.core as mx
 
 from .backend import backend_name
+from .experts import ExpertPath, Pairs, SwitchMXFP4GLU, pair_rows, sum_pairs, swiglu
 from .host_experts import host_experts
-from .kernels.runtime import MAX_KERNEL_TOKENS, KernelSet, twin_experts
-from .kernels.twins import route_twin
-from .moe import SwitchMXFP4GLU, swiglu
+from .kernels.runtime import KernelSet
+from .kernels.twins import experts_up_twin, route_twin, twin_experts, weighted_down_twin
 
 PATH_NAMES = ("auto", "kernels", "mlx", "host", "twin")
 HOST_MIN_ROWS_PER_EXPERT = 16  # CPU backend: dequantize + host BLAS pays off from ~17 rows per expert
 SORT_MIN_PAIRS = 64  # token*expert pairs from which sorting by expert beats an unsorted gather
-
-
-class ExpertPath(Protocol):
-    name: str
-
-    def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
-        """logits [N, E] -> (expert ids [N, k] uint32 in rank order, float32 weights [N, k])."""
-        ...
-
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
-                out_dtype: Optional[mx.Dtype] = None) -> mx.array:
-        """x [N, H] -> sum_k w[:, k] * expert_{idx[:, k]}(x), [N, H] in `out_dtype` (default x's).
-
-        Every path sums over k in float32; `out_dtype=float32` hands that sum out unrounded (an
-        expert-parallel rank's partial sum must not be rounded to bf16 before the ranks add theirs).
-        """
-        ...
+MAX_KERNEL_TOKENS = 8  # the Metal kernels are decode kernels: 1..8 tokens go to them, more to `inner`
 
 
 def ranked_top_k(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
@@ -95,7 +84,18 @@ class TwinPath:
 
     def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
                 out_dtype: Optional[mx.Dtype] = None) -> mx.array:
-        return twin_experts(x, idx, w, layer, out_dtype)
+        N, k = idx.shape
+
+        def run(m: SwitchMXFP4GLU, ids: mx.array, pairs: Pairs) -> mx.array:
+            if pairs is None:
+                return twin_experts(x, ids, w, m, out_dtype)
+            act = experts_up_twin(x[pair_rows(pairs, k)], ids[:, None], m.gate_proj, m.up_proj, m.limit, m.alpha)
+            return weighted_down_twin(act, ids[:, None], w.flatten()[mx.array(pairs)][:, None], m.down_proj)
+
+        parts = layer.map_segments(idx, run)
+        if parts[0][1] is None:
+            return parts[0][0]
+        return sum_pairs(parts, N, k, (x.shape[-1],)).astype(out_dtype or x.dtype)
 
 
 class MLXPath:
@@ -118,40 +118,51 @@ class MLXPath:
     def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
                 out_dtype: Optional[mx.Dtype] = None) -> mx.array:
         xc = x if self.compute_dtype is None else x.astype(self.compute_dtype)
-        if idx.size >= self.sort_min_pairs:
-            y = self._sorted(xc, idx, w, layer)
+        N, k = idx.shape
+        sort = idx.size >= self.sort_min_pairs
+
+        def run(m: SwitchMXFP4GLU, ids: mx.array, pairs: Pairs) -> mx.array:
+            if pairs is None:  # every pair at once, ids [N, k]
+                if sort:
+                    return self._sorted(xc, mx.arange(N * k) // k, ids.flatten(), w.flatten(), m).reshape(N, k, -1)
+                return self._gathered(xc, ids, w, m)
+            rows, wp = pair_rows(pairs, k), w.flatten()[mx.array(pairs)]
+            if sort:
+                return self._sorted(xc, rows, ids, wp, m)
+            return self._gathered(xc[rows], ids[:, None], wp[:, None], m)
+
+        parts = layer.map_segments(idx, run)
+        if parts[0][1] is not None:
+            y = sum_pairs(parts, N, k, (xc.shape[-1],) if sort else (1, xc.shape[-1]))
         else:
-            y = self._gathered(xc, idx, w, layer)
-        return y.astype(out_dtype or x.dtype)
+            y = parts[0][0].sum(axis=1)
+        return (y if sort else y.squeeze(-2)).astype(out_dtype or x.dtype)
 
     @staticmethod
     def _gathered(x: mx.array, idx: mx.array, w: mx.array, m: SwitchMXFP4GLU) -> mx.array:
-        """Few tokens (decode): every token against its k experts, no sorting."""
+        """Few tokens (decode): every token against its k experts, no sorting; weighted values [N, k, 1, H]."""
         glu, weigh = _chains(m.limit, m.alpha)
         xs = x[:, None, None, :]  # [N, 1, 1, H] broadcasts against idx [N, k]
         g = m.gate_proj.gather(xs, idx)
         u = m.up_proj.gather(xs, idx)
         a = glu(g, u, m.gate_proj.bias[idx][..., None, :], m.up_proj.bias[idx][..., None, :])
         d = m.down_proj.gather(a, idx)
-        y = weigh(d, m.down_proj.bias[idx][..., None, :], w[..., None, None].astype(mx.float32))
-        return y.sum(axis=1).squeeze(-2)
+        return weigh(d, m.down_proj.bias[idx][..., None, :], w[..., None, None].astype(mx.float32))
 
     @staticmethod
-    def _sorted(x: mx.array, idx: mx.array, w: mx.array, m: SwitchMXFP4GLU) -> mx.array:
-        """Many tokens (prefill): token*expert pairs sorted by expert, so each expert's rows are read once."""
+    def _sorted(x: mx.array, rows: mx.array, ids: mx.array, w: mx.array, m: SwitchMXFP4GLU) -> mx.array:
+        """Many tokens (prefill): pairs (token `rows[p]`, expert `ids[p]`, weight `w[p]`) sorted by expert,
+        so each expert's rows are read once; the weighted values [P, H] in pair order."""
         glu, weigh = _chains(m.limit, m.alpha)
-        N, k = idx.shape
-        flat = idx.flatten()
-        order = mx.argsort(flat)
-        inv = mx.argsort(order)
-        sidx = flat[order]
-        xs = x[order // k][:, None, :]  # [N*k, 1, H], grouped by expert
+        order = mx.argsort(ids)
+        sidx = ids[order]
+        xs = x[rows[order]][:, None, :]  # [P, 1, H], grouped by expert
         g = m.gate_proj.gather(xs, sidx, True)
         u = m.up_proj.gather(xs, sidx, True)
         a = glu(g, u, m.gate_proj.bias[sidx][:, None, :], m.up_proj.bias[sidx][:, None, :])
         d = m.down_proj.gather(a, sidx, True).squeeze(1)
-        y = weigh(d, m.down_proj.bias[sidx], w.flatten()[order][:, None].astype(mx.float32))
-        return y[inv].reshape(N, k, -1).sum(axis=1)
+        y = weigh(d, m.down_proj.bias[sidx], w[order][:, None].astype(mx.float32))
+        return y[mx.argsort(order)]
 
 
 class HostPath:
@@ -174,7 +185,11 @@ class HostPath:
 
 
 class KernelPath:
-    """The Metal kernels for decode where they passed their self-test; `inner` for everything else."""
+    """The Metal kernels for decode where they passed their self-test; `inner` for everything else.
+
+    A decode step whose experts a cached layer cannot hold at once (more distinct experts than its
+    slots: a batch of many sequences) runs on `inner`, pair by pair.
+    """
 
     name = "kernels"
 
@@ -189,8 +204,38 @@ class KernelPath:
 
     def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
                 out_dtype: Optional[mx.Dtype] = None) -> mx.array:
-        if idx.shape[0] <= MAX_KERNEL_TOKENS:
-            return self.kernels.experts(x, idx, w, layer, fallback=self.inner.experts, out_dtype=out_dtype)
+        if idx.shape[0] > MAX_KERNEL_TOKENS:
+            return self.inner.experts(x, idx, w, layer, out_dtype)
+        N, k = idx.shape
+
+        def run(m: SwitchMXFP4GLU, ids: mx.array, pairs: Pairs) -> mx.array:
+            if pairs is None:
+                return self.kernels.experts(x, ids, w, m, fallback=self.inner.experts, out_dtype=out_dtype)
+            wp = w.flatten()[mx.array(pairs)][:, None]
+            return self.inner.experts(x[pair_rows(pairs, k)], ids[:, None], wp, m, out_dtype=mx.float32)
+
+        parts = layer.map_segments(idx, run)
+        if parts[0][1] is None:
+            return parts[0][0]
+        return sum_pairs(parts, N, k, (x.shape[-1],)).astype(out_dtype or x.dtype)
+
+
+class CachedExpertsPath:
+    """`inner` for a model whose experts live in a bounded cache (expert_cache.py): each layer hears its
+    MoE input before its experts are read, from which it predicts the next layer's and reads them ahead."""
+
+    def __init__(self, inner: ExpertPath):
+        self.inner = inner
+        self.name = inner.name
+
+    def route(self, logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
+        return self.inner.route(logits, k)
+
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, layer: SwitchMXFP4GLU,
+                out_dtype: Optional[mx.Dtype] = None) -> mx.array:
+        expect = getattr(layer, "expect", None)
+        if expect is not None:
+            expect(x)
         return self.inner.experts(x, idx, w, layer, out_dtype)
 
 

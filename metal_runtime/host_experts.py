@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from .moe import MXFP4Projection, SwitchMXFP4GLU, swiglu
+from .experts import MXFP4Projection, Pairs, SwitchMXFP4GLU, swiglu
 
 _FP4 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
 # byte -> (value of low nibble, value of high nibble): the element pair a byte packs
@@ -59,17 +59,29 @@ def host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: SwitchM
 
 
 def _host_experts(x: mx.array, idx: mx.array, weights: mx.array, experts: SwitchMXFP4GLU) -> mx.array:
-    """The float32 sum over each token's experts."""
+    """The float32 sum over each token's experts, added expert by expert in ascending id order.
+
+    A cached layer hands its experts over in parts (ascending ids, experts.py); the sums run on across
+    the parts, so they are added in the same order as from a layer held whole.
+    """
     xs = np.asarray(x.astype(mx.float32))
-    ids = np.asarray(idx)
     ws = np.asarray(weights.astype(mx.float32))
     out = np.zeros_like(xs)
-    for e in np.unique(ids):
-        rows, slots = np.nonzero(ids == e)
-        h = xs[rows]
-        g = matmul_expert(h, experts.gate_proj, int(e))
-        u = matmul_expert(h, experts.up_proj, int(e))
-        a = np.asarray(swiglu(mx.array(g), mx.array(u), experts.limit, experts.alpha))
-        d = matmul_expert(a, experts.down_proj, int(e))
-        np.add.at(out, rows, d * ws[rows, slots][:, None])
+    k = idx.shape[1]
+
+    def run(m: SwitchMXFP4GLU, ids: mx.array, pairs: Pairs) -> None:
+        held = np.asarray(ids)
+        for e in np.unique(held):
+            if pairs is None:
+                rows, slots = np.nonzero(held == e)
+            else:
+                rows, slots = np.divmod(pairs[held == e], k)
+            h = xs[rows]
+            g = matmul_expert(h, m.gate_proj, int(e))
+            u = matmul_expert(h, m.up_proj, int(e))
+            a = np.asarray(swiglu(mx.array(g), mx.array(u), m.limit, m.alpha))
+            d = matmul_expert(a, m.down_proj, int(e))
+            np.add.at(out, rows, d * ws[rows, slots][:, None])
+
+    experts.map_segments(idx, run)
     return mx.array(out)

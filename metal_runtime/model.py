@@ -18,7 +18,8 @@ from gptoss_metal.architecture import SLIDING, Architecture
 
 from .cache import Mask, ModelCache
 from .errors import ContextOverflowError
-from .expert_paths import ExpertPath, choose_expert_path
+from .expert_paths import choose_expert_path
+from .experts import ExpertPath
 from .moe import MLPBlock
 from .rope import YarnRope
 
@@ -165,6 +166,7 @@ class Model(nn.Module):
         self.expert_path = experts if experts is not None else choose_expert_path()
         self.model = GptOssModel(args, self.expert_path)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.expert_cache = None  # an ExpertCache when the loader keeps the experts in one (expert_cache.py)
 
     def __call__(self, inputs: mx.array, cache: Union[ModelCache, list[ModelCache], None] = None) -> mx.array:
         return self.lm_head(self.model(inputs, cache))

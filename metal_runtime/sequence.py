@@ -25,7 +25,6 @@ from .sampling import SamplerState, TokenLogprob
 
 if TYPE_CHECKING:
     from .cache import ModelCache
-    from .generate import SoloRun
     from .prompt_cache import PromptCache
     from .slots import Slot
 
@@ -148,7 +147,7 @@ class Sequence:
     phase: Phase = Phase.WAITING
     cancelled: threading.Event = field(default_factory=threading.Event)  # the one way to stop it
     released: threading.Event = field(default_factory=threading.Event)  # the decode thread is done with it
-    solo: Optional["SoloRun"] = None  # while decoded alone
+    solo: Any = None  # while decoded alone: its generate.SoloRun
     draining: bool = False  # lockstep: cancelled, its remaining tokens drawn (on every rank) but not delivered
     constraint: Optional[TokenConstraint] = None  # fed every drawn token by the loop that drew it
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per generated token, when asked for

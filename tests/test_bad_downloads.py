@@ -109,6 +109,19 @@ def test_a_llama_checkpoint(tmp_path):
     load_refused(folder, "model_type 'llama'", "is not gpt-oss")
 
 
+def test_a_rounded_yarn_range_is_refused_by_both(tmp_path, tiny_runtime):
+    """`rope_scaling.truncate=true` (Hugging Face's option) rounds YaRN's range, which gpt-oss does not:
+    one config reader, one rule, the same message from the converter and the loader."""
+    folder = tmp_path / "truncated-yarn"
+    shutil.copytree(tiny_runtime, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rope_scaling"]["truncate"] = True
+    (folder / "config.json").write_text(json.dumps(cfg))
+    needle = "rope_scaling.truncate=true (gpt-oss uses the unrounded YaRN range)"
+    assert_refused(folder, tmp_path, needle)
+    load_refused(folder, needle, "config.json: unsupported config")
+
+
 # -- re-quantized experts (MLX community, another mode) ---------------------------------------
 
 

@@ -27,7 +27,7 @@ from gptoss_metal.metal_runtime.distributed import (
     load_expert_parallel,
 )
 from gptoss_metal.metal_runtime.expert_paths import MLXPath, choose_expert_path
-from gptoss_metal.metal_runtime.moe import SwitchMXFP4GLU
+from gptoss_metal.metal_runtime.experts import SwitchMXFP4GLU
 from gptoss_metal.metal_runtime.sampling import SamplerState
 
 E = 8

@@ -13,8 +13,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from gptoss_metal.metal_runtime.kernels import KernelSet, experts_down_twin, experts_up_twin, route_twin, spec
-from gptoss_metal.metal_runtime.kernels.runtime import twin_experts
+from gptoss_metal.metal_runtime.kernels import KernelSet, experts_down_twin, experts_up_twin, route_twin, spec, twin_experts
 from gptoss_metal.metal_runtime.kernels import sources
 from msl.harness import HarnessError, MSLKernel, compiler
 from msl.mlx_bridge import HarnessExecutor, to_host
@@ -323,14 +322,13 @@ def test_failing_kernel_is_disabled_once_and_the_twin_runs(failure):
     x = mx.random.normal((2, 64), key=mx.random.key(4))
     idx = mx.array([[0, 1, 2, 3], [3, 2, 1, 0]], dtype=mx.uint32)
     w = mx.softmax(mx.random.normal((2, 4), key=mx.random.key(5)), axis=-1)
-    from gptoss_metal.metal_runtime.kernels.runtime import twin_experts
-
+    
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        y1 = ks.experts(x, idx, w, m)
-        y2 = ks.experts(x, idx, w, m)
+        y1 = ks.experts(x, idx, w, m, fallback=twin_experts)
+        y2 = ks.experts(x, idx, w, m, fallback=twin_experts)
         logits = mx.random.normal((2, 16), key=mx.random.key(6))
-        r = ks.route(logits, 4)
+        r = ks.route(logits, 4, fallback=route_twin)
     np.testing.assert_array_equal(_np(y1), _np(twin_experts(x, idx, w, m)))
     np.testing.assert_array_equal(_np(y2), _np(y1))
     np.testing.assert_array_equal(np.array(r[0]), np.array(route_twin(logits, 4)[0]))
@@ -351,7 +349,7 @@ def test_kernel_modes():
     assert not none.active and "no Metal" in none.status()["router"]
     forced = KernelSet(executor=_Broken("compile"), mode="on")
     with pytest.raises(RuntimeError, match="Unable to build"):
-        forced.route(mx.zeros((1, 8)), 4)
+        forced.route(mx.zeros((1, 8)), 4, fallback=route_twin)
     with pytest.raises(ValueError):
         KernelSet(mode="sometimes")
 
@@ -415,16 +413,16 @@ def test_verdicts_are_kept_per_machine_and_mlx_version(tmp_path):
         return (0.1, 0.3)
 
     first = KernelSet(executor=HarnessExecutor(), store=VerdictStore(path, "M4 Max | mlx 0.32.4"), race=race)
-    first.experts(x, idx, w, m)
+    first.experts(x, idx, w, m, fallback=twin_experts)
     assert len(races) == 1 and path.exists()
     # a new process on the same machine: no self-test, no race, the stored verdict applies
     ex = HarnessExecutor()
     again = KernelSet(executor=ex, store=VerdictStore(path, "M4 Max | mlx 0.32.4"), race=race)
-    again.experts(x, idx, w, m)
+    again.experts(x, idx, w, m, fallback=twin_experts)
     assert len(races) == 1 and again.status()["experts_up"].startswith("passed, faster (0.100 ms")
     # another MLX version (or Mac) measures again; so does an explicit retime
     KernelSet(executor=HarnessExecutor(), store=VerdictStore(path, "M4 Max | mlx 0.33.0"), race=race).experts(
-        x, idx, w, m)
+        x, idx, w, m, fallback=twin_experts)
     KernelSet(executor=HarnessExecutor(), store=VerdictStore(path, "M4 Max | mlx 0.32.4", retime=True),
-              race=race).experts(x, idx, w, m)
+              race=race).experts(x, idx, w, m, fallback=twin_experts)
     assert len(races) == 3

@@ -31,16 +31,16 @@ OLD_TOP_LEVEL = {"cli", "server", "converters", "metal_runtime", "harmony_io", "
 
 
 def _sources(part: str) -> list[Path]:
-    if part == "architecture":
-        return [ROOT / "architecture.py"]
     return sorted(p for p in (ROOT / part).rglob("*.py"))
 
 
-def _imports(path: Path) -> list[tuple[str, int]]:
-    """Absolute module names a file imports (relative imports resolved against the package)."""
+def _imports(path: Path, modules: frozenset[str] = frozenset()) -> list[tuple[str, int]]:
+    """Absolute module names a file imports (relative imports resolved against the package), wherever
+    the import statement is (inside functions and `if TYPE_CHECKING:` too). `from M import N` counts as
+    importing M.N where that is one of `modules` (N a submodule), else as importing M."""
     tree = ast.parse(path.read_text(), str(path))
     rel = path.relative_to(ROOT).with_suffix("")
-    package = ["gptoss_metal", *rel.parts[:-1]] if rel.name != "__init__" else ["gptoss_metal", *rel.parts[:-1]]
+    package = ["gptoss_metal", *rel.parts[:-1]]
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -51,8 +51,45 @@ def _imports(path: Path) -> list[tuple[str, int]]:
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
-            out.append((name, node.lineno))
+            submodules = {f"{name}.{a.name}" for a in node.names} & modules
+            out += [(m, node.lineno) for m in sorted(submodules)]
+            if len(submodules) < len(node.names):
+                out.append((name, node.lineno))
     return out
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(["gptoss_metal", *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each a circle of imports."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while component[-1:] != [v]:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
 
 
 @pytest.mark.parametrize("part", SUBPACKAGES)
@@ -71,6 +108,22 @@ def test_imports_point_one_way(part):
             elif top in FORBIDDEN_THIRD_PARTY.get(part, ()):
                 bad.append(f"{where} ({part} must not depend on {top})")
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("part", SUBPACKAGES)
+def test_the_modules_of_a_package_import_each_other_in_one_order(part):
+    """No circles between the modules of a package (lazy and TYPE_CHECKING imports count too): its modules
+    can be read, tested and changed from the leaves up."""
+    modules = {_module_name(p): p for p in _sources(part)}
+    graph = {m: {name for name, _ in _imports(p, frozenset(modules)) if name in modules and name != m}
+             for m, p in modules.items()}
+    circles = _cycles(graph)
+    assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_finds_circles():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_tests_and_benchmarks_import_the_installed_names():
@@ -105,7 +158,7 @@ def test_a_built_wheel_installs_exactly_one_top_level_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"gptoss_metal"}
-    for needed in ("gptoss_metal/metal_runtime/kernels/router.metal", "gptoss_metal/architecture.py",
+    for needed in ("gptoss_metal/metal_runtime/kernels/router.metal", "gptoss_metal/architecture/__init__.py",
                    "gptoss_metal/assistant/tools/sandbox_child.py", "gptoss_metal/cli/main.py",
                    # the chat page and its vendored libraries, licences included
                    "gptoss_metal/server/static/index.html", "gptoss_metal/server/static/js/app.js",

@@ -1,4 +1,4 @@
-"""Our streaming SafeTensors writer/reader against the official library, and a fuzzed parser."""
+"""Our streaming SafeTensors writer and the shared reader against the official library, and a fuzzed parser."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from gptoss_metal.architecture import CheckpointError, SafetensorsFile, TensorSpec
 from gptoss_metal.converters.errors import ConversionError
-from gptoss_metal.converters.safetensors_io import SafetensorsFile, ShardedWriter, TensorSpec, collect_tensors, read_range
+from gptoss_metal.converters.safetensors_io import ShardedWriter, collect_tensors, read_range
 
 
 def _write_plan(tmp_path, arrays: dict[str, np.ndarray], max_shard: int) -> list:
@@ -91,31 +92,31 @@ def _header_file(tmp_path, header: dict, data: bytes) -> object:
 )
 def test_corrupt_headers_name_the_problem(tmp_path, header, data, message):
     p = _header_file(tmp_path, header, data)
-    with pytest.raises(ConversionError, match=message):
+    with pytest.raises(CheckpointError, match=message):
         SafetensorsFile(p)
 
 
 def test_garbage_and_short_files(tmp_path):
     p = tmp_path / "model.safetensors"
     p.write_bytes(b"abc")
-    with pytest.raises(ConversionError, match="not a safetensors file"):
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
         SafetensorsFile(p)
     p.write_bytes(struct.pack("<Q", 10**12) + b"{}")
-    with pytest.raises(ConversionError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
         SafetensorsFile(p)
     p.write_bytes(struct.pack("<Q", 4) + b"{{{{")
-    with pytest.raises(ConversionError, match="invalid JSON"):
+    with pytest.raises(CheckpointError, match="invalid JSON"):
         SafetensorsFile(p)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
-def test_any_bytes_parse_or_raise_conversion_error(tmp_path_factory, blob):
+def test_any_bytes_parse_or_raise_a_checkpoint_error(tmp_path_factory, blob):
     p = tmp_path_factory.mktemp("fuzz") / "model.safetensors"
     p.write_bytes(blob)
     try:
         SafetensorsFile(p)
-    except ConversionError:
+    except CheckpointError:
         pass
 
 
@@ -140,7 +141,13 @@ def test_structured_header_fuzz_never_crashes(tmp_path_factory, header, n_data):
     p.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * n_data)
     try:
         sf = SafetensorsFile(p)
-    except ConversionError:
+    except CheckpointError:
         return
     # if it parsed, the tensors exactly tile the data area
     assert sum(t.spec.nbytes for t in sf.tensors.values()) == n_data
+
+
+def test_the_converter_reports_the_shared_readers_errors_as_its_own(tmp_path):
+    _header_file(tmp_path, {"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}, b"\0\0")
+    with pytest.raises(ConversionError, match="truncated"):
+        collect_tensors(tmp_path)

@@ -3,7 +3,7 @@ their MLX-op twins, and the self-test/fallback logic that chooses between them p
 
 from .runtime import KernelSet
 from .sources import KERNELS, KernelSpec, spec
-from .twins import experts_down_twin, experts_up_twin, route_twin
+from .twins import experts_down_twin, experts_up_twin, route_twin, twin_experts
 
 __all__ = ["KERNELS", "KernelSet", "KernelSpec", "experts_down_twin", "experts_up_twin",
-           "route_twin", "spec"]
+           "route_twin", "spec", "twin_experts"]

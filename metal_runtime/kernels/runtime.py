@@ -21,14 +21,14 @@ import mlx.core as mx
 
 from ..backend import backend_name
 from . import sources
-from .twins import experts_down_twin, experts_up_twin, route_twin
+from ..experts import SwitchMXFP4GLU
+from .twins import route_twin, twin_experts
 from .verdicts import Verdict, VerdictStore, time_ms
 
 # executor(spec) -> callable with mx.fast.metal_kernel's call signature, returning output arrays
 Executor = Callable[[sources.KernelSpec], Callable[..., list]]
 RouteFn = Callable[[mx.array, int], tuple[mx.array, mx.array]]
 ExpertsFn = Callable[..., mx.array]
-MAX_KERNEL_TOKENS = 8  # the kernels are decode kernels (1..8 tokens)
 
 
 def metal_executor(spec: sources.KernelSpec) -> Callable[..., list]:
@@ -137,12 +137,12 @@ class KernelSet:
                                         output_dtypes=[mx.uint32, mx.float32], **launch)
         return idx, w
 
-    def route(self, logits: mx.array, k: int, fallback: Optional[RouteFn] = None) -> tuple[mx.array, mx.array]:
-        """Top-k of logits [N <= 8, E]: the kernel where it passed its self-test, else `fallback` (the twin)."""
-        fallback = fallback or route_twin
+    def route(self, logits: mx.array, k: int, fallback: RouteFn) -> tuple[mx.array, mx.array]:
+        """Top-k of logits [N, E]: the kernel where it passed its self-test (and its race against
+        `fallback`), else `fallback`. Which calls come here at all is the expert path's policy."""
         n, e = logits.shape
         key = ("router", e, k, str(logits.dtype))
-        if self.active and n <= MAX_KERNEL_TOKENS:
+        if self.active:
             def selftest() -> tuple[bool, str]:
                 probe = mx.random.normal((3, e), key=mx.random.key(7)).astype(logits.dtype)
                 probe[1] = mx.zeros((e,), dtype=logits.dtype)  # all tied: ids 0..k-1
@@ -159,7 +159,7 @@ class KernelSet:
 
     # -- experts ---------------------------------------------------------------------------
 
-    def _experts_call(self, x: mx.array, idx: mx.array, w: mx.array, m, out_dtype) -> mx.array:
+    def _experts_call(self, x: mx.array, idx: mx.array, w: mx.array, m: SwitchMXFP4GLU, out_dtype) -> mx.array:
         n, k = idx.shape
         hidden, inter = x.shape[-1], m.gate_proj.weight.shape[1]
         up = sources.experts_up_launch(n, k, hidden, inter, m.limit, m.alpha)
@@ -173,19 +173,19 @@ class KernelSet:
             output_shapes=[(n, hidden)], output_dtypes=[out_dtype], **down)
         return y
 
-    def experts(self, x: mx.array, idx: mx.array, w: mx.array, m, fallback: Optional[ExpertsFn] = None,
+    def experts(self, x: mx.array, idx: mx.array, w: mx.array, m: SwitchMXFP4GLU, fallback: ExpertsFn,
                 out_dtype: Optional[mx.Dtype] = None) -> mx.array:
-        """y [N, H] for N <= 8 tokens: kernels where they passed their self-test, else `fallback` (the twins).
+        """y [N, H]: the kernels where they passed their self-test (and their race against `fallback`),
+        else `fallback`. Which calls come here at all is the expert path's policy.
 
         `out_dtype` (default x's) is what the kernel writes: its sum over k is float32 inside.
         """
-        fallback = fallback or twin_experts
         out_dtype = out_dtype or x.dtype
         hidden, inter = x.shape[-1], m.gate_proj.weight.shape[1]
         key = ("experts", hidden, inter, m.num_experts, idx.shape[-1], str(x.dtype))
         if out_dtype != x.dtype:  # a separate configuration (kept out of the usual key: stored verdicts stay valid)
             key += (str(out_dtype),)
-        if self.active and idx.shape[0] <= MAX_KERNEL_TOKENS:
+        if self.active:
             def selftest() -> tuple[bool, str]:
                 probe = mx.random.normal((2, hidden), key=mx.random.key(11)).astype(x.dtype)
                 pidx = (mx.arange(2 * idx.shape[-1]).reshape(2, -1) % m.num_experts).astype(mx.uint32)
@@ -200,7 +200,3 @@ class KernelSet:
                 return self._experts_call(x, idx, w, m, out_dtype)
         return fallback(x, idx, w, m, out_dtype)
 
-
-def twin_experts(x: mx.array, idx: mx.array, w: mx.array, m, out_dtype: Optional[mx.Dtype] = None) -> mx.array:
-    act = experts_up_twin(x, idx, m.gate_proj, m.up_proj, m.limit, m.alpha)
-    return experts_down_twin(act, idx, w, m.down_proj, out_dtype or x.dtype)
